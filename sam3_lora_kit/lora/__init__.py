@@ -1,0 +1,32 @@
+"""The course's LoRA core, independent of SAM 3: layers, injection and its report, adapter files."""
+from sam3_lora_kit.lora.adapter import AdapterError, architecture_fingerprint, load_adapter, read_adapter_metadata, save_adapter
+from sam3_lora_kit.lora.inject import (
+    LoRAReport,
+    count_parameters,
+    inject_lora,
+    iter_lora_layers,
+    lora_state_dict,
+    merge_lora,
+    name_matches,
+    unmerge_lora,
+)
+from sam3_lora_kit.lora.layers import LoRALayer, LoRALinear, LoRAMultiheadAttention
+
+__all__ = [
+    "AdapterError",
+    "LoRALayer",
+    "LoRALinear",
+    "LoRAMultiheadAttention",
+    "LoRAReport",
+    "architecture_fingerprint",
+    "count_parameters",
+    "inject_lora",
+    "iter_lora_layers",
+    "load_adapter",
+    "lora_state_dict",
+    "merge_lora",
+    "name_matches",
+    "read_adapter_metadata",
+    "save_adapter",
+    "unmerge_lora",
+]

@@ -1,0 +1,413 @@
+"""LoRA layers: ``LoRALinear`` for ``nn.Linear`` and ``LoRAMultiheadAttention`` for ``nn.MultiheadAttention``.
+
+A LoRA layer keeps the frozen base layer and adds a low-rank update ``delta_W = scaling * B @ A``
+with ``A`` of shape ``(rank, in_features)`` (Kaiming-uniform) and ``B`` of shape
+``(out_features, rank)`` (zeros), so a fresh adapter changes nothing.
+
+A fused projection (the ViT's ``qkv``, ``nn.MultiheadAttention``'s packed ``in_proj_weight``)
+can carry one low-rank update per output slice (q, k, v): ``A`` then stacks the slices' factors
+``(rank * n_enabled, in_features)``, ``B`` stacks theirs ``(sum of enabled out_i, rank)`` and the
+update is the block-diagonal product, with zero rows for the slices left out.
+
+Speed: a custom autograd function adds the low-rank products into the base products in place
+and returns gradients for the input, ``A`` and ``B`` only (never for the frozen weight), so a
+frozen base layer with LoRA costs little more than the frozen base layer. The attention wrapper calls
+PyTorch's ``scaled_dot_product_attention`` and never builds the L x L score matrix unless
+``need_weights=True`` is asked for.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LoRALinear", "LoRAMultiheadAttention", "LoRALayer"]
+
+# Subclasses of nn.MultiheadAttention whose forward always passes need_weights=False.
+_FORCES_NO_WEIGHTS = frozenset({"sam3.model.model_misc.MultiheadAttentionWrapper"})
+
+
+class _LoRALinearFunction(torch.autograd.Function):
+    """``y = x @ W^T + b + s * (x @ A^T) @ B^T`` for a frozen ``W``/``b``.
+
+    The custom backward returns gradients for ``x``, ``A`` and ``B`` only and adds the low-rank
+    terms into the base products in place (``addmm_``), so no output-sized temporaries are made
+    and the frozen weight never gets a gradient product.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float):  # type: ignore[override]
+        y = F.linear(x, weight, bias)  # (..., out)
+        x_2d = x.reshape(-1, x.shape[-1])  # (N, in)
+        x_a = x_2d @ lora_A.t()  # (N, R)
+        y.view(-1, y.shape[-1]).addmm_(x_a, lora_B.t(), alpha=scaling)
+        ctx.save_for_backward(x, weight, lora_A, lora_B, x_a)
+        ctx.scaling = scaling
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x, weight, lora_A, lora_B, x_a = ctx.saved_tensors
+        scaling = ctx.scaling
+        grad_y_2d = grad_y.reshape(-1, grad_y.shape[-1])  # (N, out)
+        grad_y_b = grad_y_2d @ lora_B  # (N, R)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y_2d @ weight  # (N, in)
+            grad_x.addmm_(grad_y_b, lora_A, alpha=scaling)
+            grad_x = grad_x.view(x.shape)
+        grad_A = (grad_y_b.t() @ x.reshape(-1, x.shape[-1])).mul_(scaling)  # (R, in)
+        grad_B = (grad_y_2d.t() @ x_a).mul_(scaling)  # (out, R)
+        return grad_x, None, None, grad_A, grad_B, None
+
+
+class LoRALayer(nn.Module):
+    """What every LoRA layer shares: the factors, their scaling, and the block assembly."""
+
+    def _init_lora(
+        self,
+        in_features: int,
+        out_splits: Sequence[int],
+        enabled_splits: Sequence[bool],
+        rank: int,
+        alpha: float,
+        dropout: float,
+        use_rslora: bool,
+        device: torch.device,
+    ) -> None:
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
+        if len(out_splits) != len(enabled_splits) or not any(enabled_splits):
+            raise ValueError(f"enabled_splits {tuple(enabled_splits)} must match out_splits {tuple(out_splits)} and enable one")
+        self.rank = int(rank)
+        self.alpha = float(alpha)
+        self.use_rslora = bool(use_rslora)
+        self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
+        self.out_splits = tuple(int(n) for n in out_splits)
+        self.enabled_splits = tuple(bool(e) for e in enabled_splits)
+        n_enabled = sum(self.enabled_splits)
+        out_enabled = sum(n for n, e in zip(self.out_splits, self.enabled_splits) if e)
+        # Factors stay in float32 whatever the base dtype: autocast casts them on the fly.
+        self.lora_A = nn.Parameter(torch.empty(rank * n_enabled, in_features, device=device))  # (R, in)
+        self.lora_B = nn.Parameter(torch.zeros(out_enabled, rank, device=device))  # (out_enabled, r)
+        for block in self.lora_A.data.split(rank):
+            nn.init.kaiming_uniform_(block, a=math.sqrt(5))  # PEFT's and nn.Linear's default
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A (R, in), B (out, R))`` with ``B`` block-diagonal over the enabled output slices."""
+        if len(self.out_splits) == 1:
+            return self.lora_A, self.lora_B
+        b_rows = iter(self.lora_B.split([n for n, e in zip(self.out_splits, self.enabled_splits) if e]))
+        blocks = [next(b_rows) if e else self.lora_B.new_zeros(n, 0) for n, e in zip(self.out_splits, self.enabled_splits)]
+        return self.lora_A, torch.block_diag(*blocks)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``scaling * B @ A`` with the base weight's shape ``(out, in)``."""
+        lora_A, lora_B = self.lora_factors()
+        return (lora_B @ lora_A) * self.scaling
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    if device_type in ("cpu", "cuda", "mps", "xpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layer: LoRALayer,
+    weight_trainable: bool = False,
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` plus ``layer``'s low-rank update, honouring autocast."""
+    lora_A, lora_B = layer.lora_factors()
+    cast = _autocast_dtype(x.device.type)
+    dtype = cast if cast is not None else weight.dtype
+    dropout_active = layer.training and isinstance(layer.lora_dropout, nn.Dropout)
+    if dropout_active or weight_trainable:
+        # Plain autograd: the update sees dropped-out inputs, or the base itself trains.
+        base_out = F.linear(x, weight, bias)
+        x_a = F.linear(layer.lora_dropout(x).to(lora_A.dtype), lora_A)  # (..., R)
+        return base_out + (F.linear(x_a, lora_B) * layer.scaling).to(base_out.dtype)
+    x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
+    bias = bias.to(dtype) if bias is not None else None
+    if cast is None:
+        return _LoRALinearFunction.apply(x, weight, bias, lora_A, lora_B, layer.scaling)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _LoRALinearFunction.apply(x, weight, bias, lora_A, lora_B, layer.scaling)
+
+
+class LoRALinear(LoRALayer):
+    """``nn.Linear`` with a frozen base and a trainable low-rank update.
+
+    ``out_splits``/``enabled_splits`` adapt a fused projection slice by slice, for example
+    ``out_splits=(E, E, E), enabled_splits=(True, False, True)`` adapts q and v of a ``qkv``.
+    Reading ``.weight`` returns the effective weight ``W + delta_W``, so code that reads the
+    raw weight (``F.multi_head_attention_forward`` on ``out_proj``) sees the adapter too.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        out_splits: Sequence[int] | None = None,
+        enabled_splits: Sequence[bool] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        self.base_layer = base
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+        out_splits = tuple(out_splits) if out_splits is not None else (base.out_features,)
+        if sum(out_splits) != base.out_features:
+            raise ValueError(f"out_splits {out_splits} must add up to out_features={base.out_features}")
+        enabled_splits = tuple(enabled_splits) if enabled_splits is not None else (True,) * len(out_splits)
+        self._init_lora(base.in_features, out_splits, enabled_splits, rank, alpha, dropout, use_rslora, base.weight.device)
+
+    in_features = property(lambda self: self.base_layer.in_features)
+    out_features = property(lambda self: self.base_layer.out_features)
+    bias = property(lambda self: self.base_layer.bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``(out, in)``: the base weight, plus the update unless merged."""
+        base_weight = self.base_layer.weight
+        if self.merged:
+            return base_weight
+        return base_weight + self.delta_weight().to(base_weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if self.merged:
+            return self.base_layer(x)
+        weight = self.base_layer.weight
+        trainable = weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        return lora_linear(x, weight, self.bias, self, weight_trainable=trainable)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update into the base weight (forward then costs exactly the base layer)."""
+        if not self.merged:
+            self.base_layer.weight.add_(self.delta_weight().to(self.base_layer.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update again, restoring the base weight to float tolerance."""
+        if self.merged:
+            self.base_layer.weight.sub_(self.delta_weight().to(self.base_layer.weight.dtype))
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        splits = "" if len(self.out_splits) == 1 else f", out_splits={self.out_splits}, enabled={self.enabled_splits}"
+        return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:.4g}{splits}"
+
+
+def _additive_mask(
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    batch: int,
+    num_heads: int,
+    tgt_len: int,
+    src_len: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """Merge both masks into one additive float mask broadcastable to ``(N, H, L, S)``."""
+
+    def to_float(mask: torch.Tensor) -> torch.Tensor:
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+        return mask.to(dtype)
+
+    merged = None
+    if attn_mask is not None:
+        mask = to_float(attn_mask)
+        if mask.dim() == 2:  # (L, S)
+            mask = mask.view(1, 1, tgt_len, src_len)
+        elif mask.dim() == 3:  # (N * H, L, S)
+            mask = mask.view(batch, num_heads, tgt_len, src_len)
+        else:
+            raise ValueError(f"attn_mask must be 2-D or 3-D, got shape {tuple(attn_mask.shape)}")
+        merged = mask
+    if key_padding_mask is not None:
+        mask = to_float(key_padding_mask).view(batch, 1, 1, src_len)  # (N, S) -> (N, 1, 1, S)
+        merged = mask if merged is None else merged + mask
+    return merged
+
+
+class LoRAMultiheadAttention(LoRALayer):
+    """``nn.MultiheadAttention`` with low-rank updates on q, k, v (each selectable) and ``out_proj``.
+
+    The packed ``in_proj_weight`` gets one update per selected slice; ``out_proj`` becomes a
+    ``LoRALinear`` inside the wrapped module. The forward projects with the adapted weights and
+    calls ``F.scaled_dot_product_attention`` (fused kernels, no L x L scores) unless
+    ``need_weights=True`` is asked for. Attributes of the wrapped module (``num_heads``,
+    ``batch_first``, ``embed_dim``, ...) read through, and ``in_proj_weight`` returns the
+    effective packed weight, so PyTorch's encoder-layer fast path also sees the adapter.
+    """
+
+    def __init__(
+        self,
+        base: nn.MultiheadAttention,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        targets: Sequence[str] = ("q", "k", "v", "out"),
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, nn.MultiheadAttention):
+            raise TypeError(f"LoRAMultiheadAttention wraps nn.MultiheadAttention, got {type(base).__name__}")
+        if not base._qkv_same_embed_dim:
+            raise ValueError("LoRAMultiheadAttention needs the packed in_proj_weight (kdim == vdim == embed_dim)")
+        unknown = set(targets) - {"q", "k", "v", "out"}
+        if unknown or not targets:
+            raise ValueError(f"targets must be a non-empty subset of q, k, v, out; got {tuple(targets)}")
+        self.base_layer = base
+        for param in base.parameters():
+            param.requires_grad_(False)
+        self.targets = tuple(t for t in ("q", "k", "v", "out") if t in targets)
+        qualified = f"{type(base).__module__}.{type(base).__qualname__}"
+        self.forces_no_weights = qualified in _FORCES_NO_WEIGHTS
+        embed_dim = base.embed_dim
+        enabled = tuple(t in targets for t in ("q", "k", "v"))
+        self.adapts_in_proj = any(enabled)
+        if self.adapts_in_proj:
+            self._init_lora(embed_dim, (embed_dim,) * 3, enabled, rank, alpha, dropout, use_rslora, base.in_proj_weight.device)
+        else:  # only out_proj: keep the shared bookkeeping without factors
+            self.rank, self.alpha, self.use_rslora, self.merged = int(rank), float(alpha), bool(use_rslora), False
+            self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
+            self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if "out" in targets:
+            base.out_proj = LoRALinear(base.out_proj, rank, alpha, dropout, use_rslora)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    @property
+    def in_proj_weight(self) -> torch.Tensor:
+        """The effective packed weight ``(3E, E)``."""
+        base_weight = self.base_layer.in_proj_weight
+        if self.merged or not self.adapts_in_proj:
+            return base_weight
+        return base_weight + self.delta_weight().to(base_weight.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        if not self.adapts_in_proj:
+            return torch.zeros_like(self.base_layer.in_proj_weight)
+        return super().delta_weight()
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Merge the q/k/v updates into ``in_proj_weight`` and ``out_proj``'s into its weight."""
+        if not self.merged and self.adapts_in_proj:
+            self.base_layer.in_proj_weight.add_(self.delta_weight().to(self.base_layer.in_proj_weight.dtype))
+        self.merged = True
+        if isinstance(self.base_layer.out_proj, LoRALinear):
+            self.base_layer.out_proj.merge()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged and self.adapts_in_proj:
+            self.base_layer.in_proj_weight.sub_(self.delta_weight().to(self.base_layer.in_proj_weight.dtype))
+        self.merged = False
+        if isinstance(self.base_layer.out_proj, LoRALinear):
+            self.base_layer.out_proj.unmerge()
+
+    def _in_projection(self, query, key, value):
+        """Project to q, k, v ``(N, L|S, E)`` with the adapted packed weight."""
+        base = self.base_layer
+        weight, bias = base.in_proj_weight, base.in_proj_bias
+        embed_dim = base.embed_dim
+        adapted = self.adapts_in_proj and not self.merged
+        if query is key and key is value:  # self-attention: one packed product
+            qkv = lora_linear(query, weight, bias, self) if adapted else F.linear(query, weight, bias)
+            return qkv.chunk(3, dim=-1)
+        w_eff = self.in_proj_weight
+        w_q, w_k, w_v = w_eff.split(embed_dim)
+        b_q, b_k, b_v = bias.split(embed_dim) if bias is not None else (None, None, None)
+        if key is value:
+            k, v = F.linear(key, torch.cat([w_k, w_v]), None if bias is None else torch.cat([b_k, b_v])).chunk(2, dim=-1)
+        else:
+            k, v = F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        return F.linear(query, w_q, b_q), k, v
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        base = self.base_layer
+        need_weights = need_weights and not self.forces_no_weights
+        if need_weights or base.bias_k is not None or base.add_zero_attn or query.is_nested:
+            return self._forward_reference(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))  # (L, E) -> (L, 1, E)
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        same_kv = key is value
+        same_qk = query is key
+        if not (base.batch_first and not unbatched):  # (L, N, E) -> (N, L, E)
+            query = query.transpose(0, 1)
+            key = query if same_qk else key.transpose(0, 1)
+            value = key if same_kv else value.transpose(0, 1)
+        batch, tgt_len, embed_dim = query.shape
+        src_len = key.shape[1]
+        heads, head_dim = base.num_heads, embed_dim // base.num_heads
+        q, k, v = self._in_projection(query, key, value)
+        q = q.view(batch, tgt_len, heads, head_dim).transpose(1, 2)  # (N, H, L, D)
+        k = k.view(batch, src_len, heads, head_dim).transpose(1, 2)  # (N, H, S, D)
+        v = v.view(batch, src_len, heads, head_dim).transpose(1, 2)  # (N, H, S, D)
+        if is_causal and attn_mask is None:
+            raise RuntimeError("is_causal needs attn_mask, as in nn.MultiheadAttention")
+        mask = _additive_mask(attn_mask, key_padding_mask, batch, heads, tgt_len, src_len, q.dtype)
+        dropout_p = base.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (N, H, L, D)
+        out = out.transpose(1, 2).reshape(batch, tgt_len, embed_dim)  # (N, L, E)
+        out = base.out_proj(out)
+        if unbatched:
+            return out.squeeze(0), None
+        if not base.batch_first:
+            out = out.transpose(0, 1)  # (L, N, E)
+        return out, None
+
+    def _forward_reference(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):
+        """Rare options (weights returned, ``bias_k``, ``add_zero_attn``): PyTorch's own routine, adapted weights."""
+        base = self.base_layer
+        is_batched = query.dim() == 3
+        if base.batch_first and is_batched:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, base.embed_dim, base.num_heads,
+            self.in_proj_weight, base.in_proj_bias, base.bias_k, base.bias_v, base.add_zero_attn,
+            base.dropout, base.out_proj.weight, base.out_proj.bias,
+            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )
+        if base.batch_first and is_batched:
+            out = out.transpose(0, 1)
+        return out, weights
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}, targets={self.targets}"

@@ -1,0 +1,211 @@
+"""inject_lora, merging, and adapter files on small models."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from sam3_lora_kit.lora import (
+    AdapterError,
+    LoRALinear,
+    LoRAMultiheadAttention,
+    inject_lora,
+    load_adapter,
+    lora_state_dict,
+    merge_lora,
+    save_adapter,
+    unmerge_lora,
+)
+
+
+class ToyTransformer(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4, layers: int = 2, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, 8) -> (B, classes)
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def _toy(seed: int = 0) -> ToyTransformer:
+    torch.manual_seed(seed)
+    return ToyTransformer()
+
+
+def _randomise_b(model: nn.Module) -> None:
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("lora_B"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+TARGET_CASES = [
+    # targets, expected wrapped names
+    (["self_attn"], {"encoder.layers.0.self_attn", "encoder.layers.1.self_attn"}),
+    (["linear1", "linear2"], {f"encoder.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)}),
+    ([r"encoder\.layers\.0\..*"], {"encoder.layers.0.self_attn", "encoder.layers.0.linear1", "encoder.layers.0.linear2"}),
+    (["encoder.layers.1.linear1"], {"encoder.layers.1.linear1"}),
+    (["head"], {"head"}),
+]
+
+
+@pytest.mark.parametrize("targets,expected", TARGET_CASES)
+def test_inject_matches_names_suffixes_and_regexes(targets, expected):
+    model = _toy()
+    report = inject_lora(model, targets, rank=4, alpha=8)
+    assert {row["name"] for row in report.layers} == expected
+    for name in expected:
+        assert isinstance(model.get_submodule(name), (LoRALinear, LoRAMultiheadAttention))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    assert report.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert report.total == sum(p.numel() for p in model.parameters())
+    assert 0 < report.percent < 100
+    table = str(report)
+    assert all(name in table for name in expected) and f"{report.trainable:,}" in table
+
+
+def test_trainable_modules_stay_trainable():
+    model = _toy()
+    report = inject_lora(model, ["self_attn"], rank=2, alpha=2, trainable_modules=["head"])
+    assert model.head.weight.requires_grad and model.head.bias.requires_grad
+    assert not model.embed.weight.requires_grad
+    assert report.trainable_modules == ["head"]
+
+
+@pytest.mark.parametrize("bad,close", [("self_atn", "self_attn"), ("linaer1", "linear1"), ("encoder.layers.9.linear1", "encoder.layers.0.linear1")])
+def test_unknown_target_lists_close_matches(bad, close):
+    with pytest.raises(ValueError, match=f"matches no.*close matches:.*{close}"):
+        inject_lora(_toy(), [bad], rank=2, alpha=2)
+
+
+def test_gradients_reach_only_lora_parameters():
+    model = _toy()
+    inject_lora(model, ["self_attn", "linear1"], rank=4, alpha=8)
+    _randomise_b(model)
+    model(torch.randn(2, 5, 8)).sum().backward()
+    for name, param in model.named_parameters():
+        has_grad = param.grad is not None and param.grad.abs().sum() > 0
+        assert has_grad == name.endswith(("lora_A", "lora_B")), name
+
+
+@pytest.mark.parametrize("targets", [["self_attn"], ["self_attn", "linear1", "linear2", "head"]])
+def test_merged_equals_unmerged_and_unmerge_restores(targets):
+    model = _toy()
+    base_state = copy.deepcopy(model.state_dict())
+    inject_lora(model, targets, rank=4, alpha=8)
+    _randomise_b(model)
+    x = torch.randn(3, 6, 8)
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(x)
+        merge_lora(model)
+        merged = model(x)
+        unmerge_lora(model)
+        again = model(x)
+    assert torch.allclose(merged, unmerged, atol=1e-5) and torch.allclose(again, unmerged, atol=1e-5)
+    restored = {k.replace("base_layer.", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    assert restored.keys() == base_state.keys()
+    for key, value in base_state.items():
+        assert torch.allclose(restored[key], value, atol=1e-6), key
+
+
+def test_zero_b_gives_identical_outputs():
+    model, reference = _toy(), _toy()
+    inject_lora(model, ["self_attn", "linear1", "head"], rank=4, alpha=8)
+    x = torch.randn(2, 4, 8)
+    assert torch.equal(model(x), reference(x))
+
+
+@pytest.mark.parametrize("targets", [["self_attn"], ["linear1", "head"]])
+def test_adapter_round_trip_into_fresh_model(tmp_path, targets):
+    model = _toy()
+    inject_lora(model, targets, rank=4, alpha=8)
+    _randomise_b(model)
+    path = save_adapter(model, tmp_path / "adapter.safetensors", preset="toy", steps=3)
+    fresh = _toy()
+    inject_lora(fresh, targets, rank=4, alpha=8)
+    meta = load_adapter(fresh, path)
+    assert meta["rank"] == 4 and meta["alpha"] == 8 and meta["user"] == {"preset": "toy", "steps": 3}
+    assert set(meta["targets"]) == {row for row in dict(fresh.named_modules()) if isinstance(fresh.get_submodule(row), (LoRALinear, LoRAMultiheadAttention))}
+    x = torch.randn(2, 5, 8)
+    assert torch.equal(fresh(x), model(x))
+    with safe_open(str(path), framework="pt") as handle:
+        assert set(handle.keys()) == set(lora_state_dict(model))
+        assert handle.metadata()["kit_version"]
+
+
+MISMATCH_CASES = [
+    # injection of the model that receives the adapter, expected message fragment
+    (dict(target_modules=["linear1"], rank=4, alpha=8), "has a LoRA layer at 'encoder.layers.0.self_attn' but the model has none"),
+    (dict(target_modules=["self_attn"], rank=8, alpha=8), "differs in rank: adapter 4, model 8"),
+    (dict(target_modules=["self_attn"], rank=4, alpha=16), "differs in alpha"),
+    (dict(target_modules=["self_attn", "head"], rank=4, alpha=8), "model has a LoRA layer at 'head' that the adapter lacks"),
+]
+
+
+@pytest.mark.parametrize("injection,message", MISMATCH_CASES)
+def test_mismatched_adapter_raises_naming_first_mismatch(tmp_path, injection, message):
+    model = _toy()
+    inject_lora(model, ["self_attn"], rank=4, alpha=8)
+    path = save_adapter(model, tmp_path / "a.safetensors")
+    other = _toy()
+    inject_lora(other, **injection)
+    before = copy.deepcopy(lora_state_dict(other))
+    with pytest.raises(AdapterError, match=message):
+        load_adapter(other, path)
+    assert all(torch.equal(before[k], v) for k, v in lora_state_dict(other).items())  # nothing half-loaded
+
+
+def test_adapter_for_another_architecture_raises(tmp_path):
+    model = _toy()
+    inject_lora(model, ["self_attn"], rank=4, alpha=8)
+    path = save_adapter(model, tmp_path / "a.safetensors")
+    torch.manual_seed(0)
+    other = ToyTransformer(classes=5)  # same attention, other head
+    inject_lora(other, ["self_attn"], rank=4, alpha=8)
+    with pytest.raises(AdapterError, match="another base architecture"):
+        load_adapter(other, path)
+    load_adapter(other, path, strict=False)  # the attention adapters themselves fit
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_pickle_adapter_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "adapter.safetensors"
+    path.write_bytes(pickle.dumps(_Boom()))
+    model = _toy()
+    inject_lora(model, ["self_attn"], rank=4, alpha=8)
+    with pytest.raises(AdapterError, match="not a safetensors adapter"):
+        load_adapter(model, path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_save_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    model = _toy()
+    inject_lora(model, ["self_attn"], rank=4, alpha=8)
+    path = save_adapter(model, tmp_path / "a.safetensors")
+    original = path.read_bytes()
+    import sam3_lora_kit.lora.adapter as adapter_module
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(adapter_module, "save_file", failing_save)
+    _randomise_b(model)
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(model, path)
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]

@@ -1,0 +1,259 @@
+"""LoRA layers against PEFT and against merged-weight references, over tables of cases."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from sam3_lora_kit.lora import LoRALinear, LoRAMultiheadAttention
+
+
+class _Holder(nn.Module):
+    def __init__(self, fc: nn.Linear) -> None:
+        super().__init__()
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def _peft_linear(base: nn.Linear, rank: int, alpha: float, use_rslora: bool) -> nn.Module:
+    """PEFT's own LoRA Linear around ``base``, made the way users make it."""
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["fc"], use_rslora=use_rslora, lora_dropout=0.0)
+    return get_peft_model(_Holder(base), config).base_model.model.fc
+
+
+def _randomise_b(layer: nn.Module, std: float = 0.1) -> None:
+    """Give every B a non-zero value (a fresh adapter has B = 0 and changes nothing)."""
+    generator = torch.Generator().manual_seed(1)
+    for name, param in layer.named_parameters():
+        if name.endswith("lora_B"):
+            with torch.no_grad():
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+LINEAR_CASES = [
+    # in, out, rank, alpha, rslora, bias, input shape prefix
+    (16, 24, 4, 8, False, True, (5,)),
+    (32, 32, 8, 16, False, False, (2, 7)),
+    (64, 96, 16, 32, True, True, (3, 4)),
+    (128, 48, 1, 1, False, True, (11,)),
+]
+
+
+@pytest.mark.parametrize("in_features,out_features,rank,alpha,use_rslora,bias,prefix", LINEAR_CASES)
+def test_lora_linear_matches_peft(in_features, out_features, rank, alpha, use_rslora, bias, prefix):
+    torch.manual_seed(0)
+    base = nn.Linear(in_features, out_features, bias=bias)
+    ours = LoRALinear(copy.deepcopy(base), rank, alpha, use_rslora=use_rslora)
+    peft = _peft_linear(copy.deepcopy(base), rank, alpha, use_rslora)
+    _randomise_b(ours, std=0.02)  # a trained adapter's scale: outputs of order 1
+    with torch.no_grad():
+        peft.lora_A["default"].weight.copy_(ours.lora_A)
+        peft.lora_B["default"].weight.copy_(ours.lora_B)
+    assert ours.scaling == pytest.approx(peft.scaling["default"])
+    x = torch.randn(*prefix, in_features, requires_grad=True)
+    x_peft = x.detach().clone().requires_grad_(True)
+    y, y_peft = ours(x), peft(x_peft)
+    assert (y - y_peft).abs().max().item() <= 1e-6
+    grad_out = torch.randn_like(y)
+    y.backward(grad_out)
+    y_peft.backward(grad_out)
+    assert torch.allclose(x.grad, x_peft.grad, atol=1e-5)
+    assert torch.allclose(ours.lora_A.grad, peft.lora_A["default"].weight.grad, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ours.lora_B.grad, peft.lora_B["default"].weight.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rank,alpha,use_rslora,expected", [(8, 16, False, 2.0), (16, 16, True, 4.0), (4, 4, False, 1.0)])
+def test_scaling_conventions(rank, alpha, use_rslora, expected):
+    layer = LoRALinear(nn.Linear(8, 8), rank, alpha, use_rslora=use_rslora)
+    assert layer.scaling == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_fresh_adapter_is_identity_and_freezes_base(dropout):
+    torch.manual_seed(0)
+    base = nn.Linear(20, 30)
+    reference = copy.deepcopy(base)
+    layer = LoRALinear(base, 4, 8, dropout=dropout)
+    x = torch.randn(6, 20)
+    assert torch.equal(layer(x), reference(x))
+    assert not base.weight.requires_grad and not base.bias.requires_grad
+    assert torch.count_nonzero(layer.lora_B) == 0 and torch.count_nonzero(layer.lora_A) > 0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_gradients_reach_only_lora(dropout):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(12, 10), 2, 4, dropout=dropout)
+    _randomise_b(layer)
+    layer(torch.randn(4, 12)).pow(2).sum().backward()
+    assert layer.base_layer.weight.grad is None and layer.base_layer.bias.grad is None
+    assert layer.lora_A.grad.abs().sum() > 0 and layer.lora_B.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("out_splits,enabled", [((8, 8, 8), (True, False, True)), ((8, 8, 8), (True, True, True)), ((4, 12), (False, True))])
+def test_split_linear_adapts_only_enabled_slices(out_splits, enabled):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, sum(out_splits)), 2, 2, out_splits=out_splits, enabled_splits=enabled)
+    _randomise_b(layer)
+    delta = layer.delta_weight()
+    for rows, on in zip(delta.split(list(out_splits)), enabled):
+        assert (rows.abs().sum() > 0) == on
+    x = torch.randn(3, 6)
+    expected = layer.base_layer(x) + x @ delta.t()
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_matches_base_dtype_path(dtype):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(32, 16), 4, 8)
+    _randomise_b(layer)
+    x = torch.randn(5, 32)
+    with torch.autocast("cpu", dtype=dtype):
+        y = layer(x)
+        y_ref = nn.functional.linear(x, layer.weight.detach(), layer.bias)
+    assert y.dtype == y_ref.dtype == dtype
+    assert torch.allclose(y.float(), y_ref.float(), atol=5e-2, rtol=2e-2)
+    y.float().sum().backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and torch.isfinite(layer.lora_A.grad).all()
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_merge_unmerge_round_trip(use_rslora):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(24, 24), 4, 8, use_rslora=use_rslora)
+    _randomise_b(layer, std=0.5)
+    original = layer.base_layer.weight.detach().clone()
+    x = torch.randn(7, 24)
+    unmerged = layer(x)
+    layer.merge()
+    assert torch.allclose(layer(x), unmerged, atol=1e-5)
+    assert not torch.allclose(layer.base_layer.weight, original)
+    layer.unmerge()
+    assert torch.allclose(layer.base_layer.weight, original, atol=1e-6)
+    assert torch.allclose(layer(x), unmerged, atol=1e-6)
+
+
+def _reference_attention(wrapper: LoRAMultiheadAttention, batch_first: bool) -> nn.MultiheadAttention:
+    """A plain nn.MultiheadAttention holding the wrapper's merged weights."""
+    base = wrapper.base_layer
+    reference = nn.MultiheadAttention(base.embed_dim, base.num_heads, bias=base.in_proj_bias is not None, batch_first=batch_first)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(wrapper.in_proj_weight)
+        if base.in_proj_bias is not None:
+            reference.in_proj_bias.copy_(base.in_proj_bias)
+            reference.out_proj.bias.copy_(base.out_proj.bias)
+        reference.out_proj.weight.copy_(base.out_proj.weight)
+    return reference
+
+
+MHA_MASKS = ["none", "key_padding", "attn_bool", "attn_float", "both", "attn_3d"]
+
+
+def _masks(kind: str, batch: int, heads: int, length: int):
+    key_padding = torch.zeros(batch, length, dtype=torch.bool)
+    key_padding[0, length - 3:] = True
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+    return {
+        "none": {},
+        "key_padding": {"key_padding_mask": key_padding},
+        "attn_bool": {"attn_mask": causal},
+        "attn_float": {"attn_mask": torch.randn(length, length)},
+        "both": {"attn_mask": causal, "key_padding_mask": key_padding},
+        "attn_3d": {"attn_mask": torch.randn(batch * heads, length, length)},
+    }[kind]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("mask_kind", MHA_MASKS)
+@pytest.mark.parametrize("targets", [("q", "k", "v", "out"), ("q", "v"), ("out",)])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_lora_mha_equals_merged_reference(batch_first, mask_kind, targets, need_weights):
+    torch.manual_seed(0)
+    embed_dim, heads, batch, length = 32, 4, 3, 9
+    wrapper = LoRAMultiheadAttention(nn.MultiheadAttention(embed_dim, heads, batch_first=batch_first), 4, 8, targets=targets)
+    _randomise_b(wrapper, std=0.3)
+    reference = _reference_attention(wrapper, batch_first)
+    shape = (batch, length, embed_dim) if batch_first else (length, batch, embed_dim)
+    x = torch.randn(shape)
+    masks = _masks(mask_kind, batch, heads, length)
+    out, weights = wrapper(x, x, x, need_weights=need_weights, **masks)
+    out_ref, weights_ref = reference(x, x, x, need_weights=need_weights, **masks)
+    assert torch.allclose(out, out_ref, atol=1e-5)
+    assert (weights is None) == (weights_ref is None)
+    if need_weights:
+        assert torch.allclose(weights, weights_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_lora_mha_cross_attention_and_gradients(batch_first):
+    torch.manual_seed(0)
+    wrapper = LoRAMultiheadAttention(nn.MultiheadAttention(16, 2, batch_first=batch_first), 2, 4)
+    _randomise_b(wrapper)
+    reference = _reference_attention(wrapper, batch_first)
+    q_shape, kv_shape = ((2, 5, 16), (2, 7, 16)) if batch_first else ((5, 2, 16), (7, 2, 16))
+    query, key, value = torch.randn(q_shape), torch.randn(kv_shape), torch.randn(kv_shape)
+    for k, v in ((key, value), (key, key)):
+        out, _ = wrapper(query, k, v, need_weights=False)
+        assert torch.allclose(out, reference(query, k, v, need_weights=False)[0], atol=1e-5)
+    wrapper(query, key, value)[0].sum().backward()
+    trainable = {name for name, p in wrapper.named_parameters() if p.grad is not None}
+    assert trainable == {"lora_A", "lora_B", "base_layer.out_proj.lora_A", "base_layer.out_proj.lora_B"}
+
+
+def test_lora_mha_keeps_attributes_and_fast_path_sees_adapter():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    reference = copy.deepcopy(layer)
+    layer.self_attn = LoRAMultiheadAttention(layer.self_attn, 4, 8)
+    _randomise_b(layer.self_attn, std=0.3)
+    assert layer.self_attn.num_heads == 4 and layer.self_attn.batch_first and layer.self_attn.embed_dim == 32
+    with torch.no_grad():
+        reference.self_attn.in_proj_weight.copy_(layer.self_attn.in_proj_weight)
+        reference.self_attn.out_proj.weight.copy_(layer.self_attn.out_proj.weight)
+    layer.eval(), reference.eval()
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():  # the encoder layer's fused fast path reads the raw weights
+        assert torch.allclose(layer(x), reference(x), atol=1e-5)
+        plain = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        plain.load_state_dict(reference.state_dict())
+        plain.self_attn.in_proj_weight.copy_(layer.self_attn.base_layer.in_proj_weight)
+        plain.self_attn.out_proj.weight.copy_(layer.self_attn.base_layer.out_proj.base_layer.weight)
+        plain.eval()
+        assert not torch.allclose(layer(x), plain(x), atol=1e-3)  # the adapter is in effect
+
+
+def test_lora_mha_merge_unmerge():
+    torch.manual_seed(0)
+    wrapper = LoRAMultiheadAttention(nn.MultiheadAttention(16, 4), 2, 4)
+    _randomise_b(wrapper, std=0.3)
+    x = torch.randn(5, 2, 16)
+    before = wrapper(x, x, x)[0]
+    original = wrapper.base_layer.in_proj_weight.detach().clone()
+    wrapper.merge()
+    assert torch.allclose(wrapper(x, x, x)[0], before, atol=1e-5)
+    wrapper.unmerge()
+    assert torch.allclose(wrapper.base_layer.in_proj_weight, original, atol=1e-6)
+
+
+def test_lora_mha_does_not_build_score_matrix(monkeypatch):
+    """need_weights=False goes through scaled_dot_product_attention, never softmax over L x S."""
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(torch.nn.functional, "softmax", lambda *a, **k: pytest.fail("softmax called: scores materialised"))
+    wrapper = LoRAMultiheadAttention(nn.MultiheadAttention(16, 2, batch_first=True), 2, 4)
+    x = torch.randn(1, 50, 16)
+    wrapper(x, x, x, need_weights=False)
+    assert calls
+
+
+@pytest.mark.parametrize("rank", [0, -1])
+def test_bad_rank_raises(rank):
+    with pytest.raises(ValueError, match="rank"):
+        LoRALinear(nn.Linear(4, 4), rank, 1)
