@@ -1,0 +1,126 @@
+"""``convert_roboflow``: a Roboflow export (folder or .zip) -> a clean COCO dataset, all or nothing.
+
+Output: ``DST/<split>/_annotations.coco.json`` plus the images. Everything is written into a
+temporary folder next to DST and renamed into place at the end; SRC is only read.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sam3_lora_kit.data.errors import DataError
+from sam3_lora_kit.data.paths import SPLIT_NAMES, check_no_escaping_links, find_split_dir, safe_extract_zip
+from sam3_lora_kit.data.pipeline import SplitTracker, check_strict, finish_report, iter_split
+from sam3_lora_kit.data.quirks import QuirkLog
+from sam3_lora_kit.data.readers import make_reader
+from sam3_lora_kit.data.report import ConversionReport, SplitStats
+from sam3_lora_kit.data.writer import SplitWriter
+
+
+def export_root(folder: Path) -> Path:
+    """The folder holding the splits: ``folder`` itself or its single subfolder (zips often wrap one)."""
+    if any(find_split_dir(folder, s) for s in SPLIT_NAMES) or (folder / "data.yaml").is_file():
+        return folder
+    children = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
+        return children[0]
+    return folder
+
+
+@contextmanager
+def opened_export(src: Path, scratch: Path) -> Iterator[Path]:
+    """The export folder to read: ``src`` itself, or a .zip safely extracted into ``scratch``."""
+    if not src.exists():
+        raise DataError(src, "does not exist")
+    if src.is_file():
+        if src.suffix.lower() != ".zip":
+            raise DataError(src, "expected an export folder or a .zip file")
+        target = scratch / "source"
+        target.mkdir()
+        safe_extract_zip(src, target)
+        yield export_root(target)
+        return
+    check_no_escaping_links(src)
+    yield export_root(src)
+
+
+def _check_targets(src: Path, dst: Path, overwrite: bool) -> None:
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if dst_r == src_r or src_r in dst_r.parents or dst_r in src_r.parents:
+        raise DataError(dst, f"must not be inside the source or contain it ({src})")
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise DataError(dst, "exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise DataError(dst, "exists and is not empty (use overwrite=True or --overwrite)")
+
+
+def _replace(tmp_out: Path, dst: Path) -> None:
+    """Move the finished output into place; an existing DST is swapped out, then removed."""
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        dst.rename(old / "dst")
+    tmp_out.rename(dst)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", link: bool = False,
+                     overwrite: bool = False, strict: bool = False, require_train: bool = True
+                     ) -> ConversionReport:
+    """Convert the Roboflow export ``src`` (folder or .zip) into a clean COCO dataset at ``dst``.
+
+    ``format``: ``auto``, ``coco``, ``yolo``, ``voc`` or ``masks``. ``link``: symlink images instead
+    of copying. ``overwrite``: replace a non-empty ``dst``. ``strict``: raise on any quirk that
+    loses data (missing image, dropped polygon). ``require_train``: refuse an export without
+    ``train/``. Raises ``DataError`` (file and problem in one line) on bad input; then nothing
+    is left at ``dst`` and ``src`` is untouched.
+    """
+    started = time.perf_counter()
+    src, dst = Path(src).expanduser().absolute(), Path(dst).expanduser().absolute()
+    if not src.exists():
+        raise DataError(src, "does not exist")
+    _check_targets(src, dst, overwrite)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        with opened_export(src, scratch) as root:
+            quirks = QuirkLog()
+            reader = make_reader(root, format, quirks)
+            splits = reader.splits()
+            if not splits:
+                raise DataError(src, "empty export: no split with images and annotations found")
+            if require_train and "train" not in splits:
+                raise DataError(src, f"no train/ split (found only {', '.join(splits)}): nothing to train on")
+            for split in SPLIT_NAMES:
+                if split not in splits:
+                    quirks.add("missing_split", split)
+            if link and src.is_file():
+                quirks.add("linked_as_copy", str(src))
+                link = False
+            report = ConversionReport(src=str(src), format=reader.format, dst=str(dst))
+            report.categories = reader.categories()
+            tracker = SplitTracker()
+            out = scratch / "out"
+            for split in splits:
+                stats = report.splits.setdefault(split, SplitStats())
+                writer = SplitWriter(out / split, link=link)
+                for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
+                    writer.add(source, image)
+                writer.finish(report.categories)
+            before = {}
+            finish_report(report, quirks)
+            if strict:
+                check_strict(quirks, before)
+            if report.fatal:
+                worst = report.quirks[0]
+                raise DataError(worst.examples[0] if worst.examples else src, worst.message)
+            _replace(out, dst)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report.seconds = time.perf_counter() - started
+    return report

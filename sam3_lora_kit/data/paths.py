@@ -1,0 +1,88 @@
+"""Safe paths: every file named by an export must stay inside the export."""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from sam3_lora_kit.data.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SPLIT_NAMES = ("train", "valid", "test")
+SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """True when ``path`` (resolved, links followed) lies inside ``root`` (resolved)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def check_relative_name(name: str, where: str | Path) -> str:
+    """Return ``name`` as a clean POSIX relative path, or raise if it could escape its folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(where, f"empty or non-text file name {name!r}")
+    if "\x00" in name:
+        raise DataError(where, f"file name {name!r} contains a NUL byte")
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        raise DataError(where, f"file name {name!r} is an absolute path (escapes the export)")
+    parts = PurePosixPath(posix).parts
+    if ".." in parts:
+        raise DataError(where, f"file name {name!r} contains '..' (escapes the export)")
+    return str(PurePosixPath(*[p for p in parts if p != "."]))
+
+
+def safe_join(root: Path, name: str, where: str | Path) -> Path:
+    """Join ``root`` and an export-given ``name``; refuse names or links that leave ``root``."""
+    path = root / check_relative_name(name, where)
+    if (path.exists() or path.is_symlink()) and not is_inside(path, root):
+        raise DataError(where, f"file {name!r} is a link pointing outside the export")
+    return path
+
+
+def check_no_escaping_links(root: Path) -> None:
+    """Raise if any link under ``root`` points outside it (checked before reading an export)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() and not is_inside(path, root):
+                raise DataError(path, f"link pointing outside the export ({os.readlink(path)})")
+
+
+def safe_extract_zip(archive: Path, target: Path) -> None:
+    """Extract ``archive`` into ``target``, refusing entries that would land outside it or links."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in members:
+                name = info.filename
+                try:
+                    check_relative_name(name, archive)
+                except DataError:
+                    raise DataError(archive, f"entry {name!r} would land outside the target") from None
+                mode = (info.external_attr >> 16) & 0o170000
+                if mode == 0o120000:
+                    raise DataError(archive, f"entry {name!r} is a symbolic link (refused)")
+            for info in members:
+                zf.extract(info, target)
+    except zipfile.BadZipFile as error:
+        raise DataError(archive, f"not a valid zip file ({error})") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def find_split_dir(root: Path, split: str) -> Path | None:
+    """The folder of ``split`` (``valid`` also matches ``val``), or None."""
+    for alias in SPLIT_ALIASES[split]:
+        if (root / alias).is_dir():
+            return root / alias
+    return None

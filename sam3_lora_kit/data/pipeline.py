@@ -1,0 +1,100 @@
+"""Read an export and clean it image by image: the part the converter and the doctor share."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from sam3_lora_kit.data.clean import CleanImage, clean_image
+from sam3_lora_kit.data.errors import DataError
+from sam3_lora_kit.data.quirks import QuirkLog
+from sam3_lora_kit.data.records import Reader
+from sam3_lora_kit.data.report import DatasetReport, SplitStats
+
+_ROBOFLOW_SOURCE = re.compile(r"^(?P<source>.+)\.rf\.[0-9a-f]{16,}\.[A-Za-z]+$")
+_GENERIC_NAME = re.compile(r"^(?:(?:class|cls|category|cat|label|object|obj|item|type)[\s_-]*)?\d+$", re.I)
+_NUMBERED_WORD = re.compile(r"\b(?:class|cls|category|label|object|type)[\s_-]*\d+\b", re.I)
+
+
+def poor_prompt_reason(name: str) -> str | None:
+    """Why ``name`` makes a poor text prompt for SAM 3, or None when it reads like words."""
+    stripped = name.strip()
+    if not stripped:
+        return "empty name"
+    if _GENERIC_NAME.match(stripped):
+        return "a number or a generic label with a number"
+    if _NUMBERED_WORD.search(stripped):
+        return "contains a generic numbered label (describe the object instead)"
+    if len(stripped) < 2:
+        return "a single character"
+    if not any(c.isalpha() for c in stripped):
+        return "no letters"
+    if stripped != name:
+        return "leading or trailing spaces"
+    return None
+
+
+@dataclass
+class SplitTracker:
+    """Finds images shared between splits: identical bytes, or one Roboflow source image."""
+
+    by_hash: dict[str, str] = field(default_factory=dict)  # md5 -> "split/file"
+    by_source: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (split, file)
+
+    def add(self, split: str, path: Path, file_name: str, quirks: QuirkLog) -> None:
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        here = f"{split}/{file_name}"
+        other = self.by_hash.setdefault(digest, here)
+        if other != here and other.split("/", 1)[0] != split:
+            quirks.add("shared_between_splits", f"{other} = {here}")
+        match = _ROBOFLOW_SOURCE.match(Path(file_name).name)
+        if match:
+            seen = self.by_source.setdefault(match["source"], (split, file_name))
+            if seen[0] != split:
+                quirks.add("same_source_between_splits", f"{seen[0]}/{seen[1]} ~ {here}")
+
+
+def check_strict(quirks: QuirkLog, before: dict[str, int]) -> None:
+    """Raise on the first new quirk that lost data (used with ``strict=True``)."""
+    for quirk in quirks.sorted():
+        if quirk.severity in ("dropped", "fatal") and quirk.count > before.get(quirk.code, 0):
+            example = quirk.examples[-1] if quirk.examples else "export"
+            raise DataError(example, f"{quirk.message} (strict mode)")
+
+
+def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTracker, quirks: QuirkLog,
+               strict: bool = False) -> Iterator[tuple[Path, CleanImage]]:
+    """Clean images of ``split`` one at a time, counting into ``stats``; yields (source file, clean image)."""
+    for raw in reader.iter_images(split):
+        before = {q.code: q.count for q in quirks.quirks.values()}
+        stats.images_in += 1
+        stats.instances_in += len(raw.annotations)
+        image = clean_image(raw, quirks)
+        if strict:
+            check_strict(quirks, before)
+        if image is None:
+            continue
+        tracker.add(split, raw.path, image.file_name, quirks)
+        stats.images_out += 1
+        stats.instances_out += len(image.annotations)
+        for ann in image.annotations:
+            stats.per_class[ann["category"]] = stats.per_class.get(ann["category"], 0) + 1
+        yield raw.path, image
+
+
+def finish_report(report: DatasetReport, quirks: QuirkLog) -> None:
+    """Add the dataset-wide quirks (class usage, prompt names) and copy the quirks into ``report``."""
+    used_in = {name: [s for s, st in report.splits.items() if st.per_class.get(name)] for name in report.categories}
+    for name, splits in used_in.items():
+        if not splits:
+            quirks.add("unused_category", repr(name))
+        elif len(splits) == 1 and len(report.splits) > 1:
+            quirks.add("class_in_one_split", f"{name!r} only in {splits[0]}")
+        reason = poor_prompt_reason(name)
+        if reason:
+            quirks.add("poor_prompt_name", f"{name!r}: {reason}")
+    if report.total("images_out") == 0:
+        quirks.add("no_images", report.src)
+    report.quirks = quirks.sorted()

@@ -1,0 +1,112 @@
+"""Pascal VOC exports: one XML per image in each split folder, read by tag name, never by position.
+
+``<bndbox>`` values are 1-based inclusive pixel indices (the VOC devkit convention, as
+supervision reads them): the box in pixels is ``(xmin - 1, ymin - 1, xmax, ymax)``.
+"""
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterator
+
+from sam3_lora_kit.data.errors import DataError
+from sam3_lora_kit.data.paths import IMAGE_SUFFIXES, SPLIT_NAMES, find_split_dir, safe_join
+from sam3_lora_kit.data.quirks import QuirkLog
+from sam3_lora_kit.data.records import RawAnnotation, RawImage
+
+
+def parse_xml(path: Path) -> ET.Element:
+    """Parse ``path``; refuse DTDs (entity tricks) and report parse errors on one line."""
+    data = path.read_bytes()
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise DataError(path, "XML with a DOCTYPE or ENTITY declaration is refused")
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as error:
+        raise DataError(path, f"not valid XML ({error})") from None
+
+
+def _text(element: ET.Element, tag: str, path: Path, what: str) -> str:
+    child = element.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise DataError(path, f"{what} lacks <{tag}>")
+    return child.text.strip()
+
+
+def _number(element: ET.Element, tag: str, path: Path, what: str) -> float:
+    text = _text(element, tag, path, what)
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(path, f"<{tag}> of {what} is not a number ({text!r})") from None
+    if not math.isfinite(value):
+        raise DataError(path, f"<{tag}> of {what} is not finite")
+    return value
+
+
+def read_voc_file(path: Path) -> tuple[str | None, int, int, list[tuple[str, tuple[float, float, float, float]]]]:
+    """(filename, width, height, [(name, (x, y, w, h))]) from one VOC XML file."""
+    root = parse_xml(path)
+    if root.tag != "annotation":
+        raise DataError(path, f"root element is <{root.tag}>, expected <annotation>")
+    size = root.find("size")
+    if size is None:
+        raise DataError(path, "lacks <size>")
+    width, height = int(_number(size, "width", path, "<size>")), int(_number(size, "height", path, "<size>"))
+    filename = root.findtext("filename")
+    objects = []
+    for index, obj in enumerate(root.findall("object"), 1):
+        what = f"object {index}"
+        name = _text(obj, "name", path, what)
+        box = obj.find("bndbox")
+        if box is None:
+            raise DataError(path, f"{what} lacks <bndbox>")
+        x0, x1 = _number(box, "xmin", path, what), _number(box, "xmax", path, what)
+        y0, y1 = _number(box, "ymin", path, what), _number(box, "ymax", path, what)
+        if x1 < x0 or y1 < y0:
+            raise DataError(path, f"{what} has a negative size (xmax < xmin or ymax < ymin)")
+        objects.append((name, (x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1)))
+    return (filename.strip() if filename else None), width, height, objects
+
+
+class VocReader:
+    """Reads Pascal VOC exports: every ``*.xml`` in each split folder describes one image."""
+
+    format = "voc"
+
+    def __init__(self, root: Path, quirks: QuirkLog) -> None:
+        self.root, self.quirks = root, quirks
+        self._dirs = {s: d for s in SPLIT_NAMES if (d := find_split_dir(root, s)) and any(d.glob("*.xml"))}
+
+    def splits(self) -> list[str]:
+        return list(self._dirs)
+
+    def categories(self) -> list[str]:
+        """Every object name over all splits, sorted (VOC declares no class list)."""
+        names: set[str] = set()
+        for folder in self._dirs.values():
+            for xml in sorted(folder.glob("*.xml")):
+                names.update(name for name, _ in read_voc_file(xml)[3])
+        return sorted(names)
+
+    def _image_path(self, folder: Path, xml: Path, filename: str | None) -> Path:
+        if filename:
+            path = safe_join(folder, filename, xml)
+            if path.is_file():
+                return path
+        for suffix in IMAGE_SUFFIXES:  # the image next to the XML, with the same stem
+            if (candidate := xml.with_suffix(suffix)).is_file():
+                return candidate
+        return safe_join(folder, filename, xml) if filename else xml.with_suffix(".jpg")
+
+    def iter_images(self, split: str) -> Iterator[RawImage]:
+        folder = self._dirs[split]
+        for xml in sorted(folder.glob("*.xml")):
+            filename, width, height, objects = read_voc_file(xml)
+            path = self._image_path(folder, xml, filename)
+            record = RawImage(file_name=path.relative_to(folder).as_posix(), path=path, where=str(xml),
+                              width=width if width > 0 else None, height=height if height > 0 else None)
+            for index, (name, box) in enumerate(objects, 1):
+                record.annotations.append(RawAnnotation(name, None, box, f"{xml} (object {index})"))
+            yield record

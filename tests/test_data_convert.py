@@ -1,0 +1,173 @@
+"""The converter on small exports of each format: counts, quirks, clean categories, valid COCO."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from data_fixtures import (tree_bytes, write_coco_export, write_masks_export, write_voc_export,
+                           write_yolo_export)
+from sam3_lora_kit.data import convert_roboflow
+from sam3_lora_kit.data.readers import detect_format
+
+WRITERS = {"coco": write_coco_export, "yolo": write_yolo_export, "voc": write_voc_export,
+           "masks": write_masks_export}
+# format -> (categories out, {split: (images in, images out, instances in, instances out)}, quirks expected)
+EXPECTED = {
+    "coco": (["cat", "dog"], {"train": (4, 3, 6, 5), "test": (1, 1, 1, 1)},
+             {"phantom_category", "size_mismatch", "clipped", "short_polygon", "box_as_mask", "rle_non_crowd",
+              "missing_image", "negative_image", "class_in_one_split", "missing_split"}),
+    "yolo": (["fish", "shark"], {"train": (4, 4, 4, 4), "valid": (1, 1, 1, 1), "test": (1, 1, 1, 1)},
+             {"yaml_path_ignored", "mixed_lines", "closing_point", "empty_label_file", "negative_image",
+              "box_as_mask"}),
+    "voc": (["VEHICLE TYPE 1", "VEHICLE TYPE 2", "wheel"], {"train": (3, 3, 3, 3), "valid": (1, 1, 2, 2),
+                                                              "test": (1, 1, 1, 1)},
+            {"clipped", "box_as_mask", "negative_image", "class_in_one_split", "poor_prompt_name"}),
+    "masks": (["crack", "rust"], {"train": (1, 1, 3, 3), "valid": (1, 1, 3, 3)},
+              {"background_class", "missing_split"}),
+}
+
+
+@pytest.fixture(params=sorted(WRITERS))
+def converted(request, tmp_path):
+    fmt = request.param
+    src = WRITERS[fmt](tmp_path / "export")
+    before = tree_bytes(src)
+    report = convert_roboflow(src, tmp_path / "out")
+    return fmt, src, before, report, tmp_path / "out"
+
+
+def load_coco(path: Path) -> COCO:
+    return COCO(str(path))
+
+
+def test_detects_format(converted):
+    fmt, src, *_ = converted
+    assert detect_format(src) == fmt
+
+
+def test_counts_categories_and_quirks(converted):
+    fmt, _, _, report, _ = converted
+    categories, splits, quirks = EXPECTED[fmt]
+    assert report.format == fmt
+    assert report.categories == categories
+    got = {s: (st.images_in, st.images_out, st.instances_in, st.instances_out) for s, st in report.splits.items()}
+    assert got == splits
+    assert quirks <= set(report.quirk_counts()), set(report.quirk_counts())
+
+
+def test_output_is_valid_coco(converted):
+    fmt, _, _, report, out = converted
+    for split, stats in report.splits.items():
+        path = out / split / "_annotations.coco.json"
+        coco = load_coco(path)
+        assert sorted(coco.getCatIds()) == list(range(1, len(report.categories) + 1))
+        assert [coco.cats[k]["name"] for k in sorted(coco.cats)] == report.categories
+        assert len(coco.getImgIds()) == stats.images_out
+        assert len(coco.getAnnIds()) == stats.instances_out
+        for image in coco.imgs.values():
+            from PIL import Image
+            with Image.open(out / split / image["file_name"]) as im:
+                assert im.size == (image["width"], image["height"])
+        for ann in coco.anns.values():
+            mask = coco.annToMask(ann)  # decodes with pycocotools.mask
+            image = coco.imgs[ann["image_id"]]
+            assert mask.shape == (image["height"], image["width"])
+            assert ann["area"] == int(mask.sum()) > 0
+            x, y, w, h = ann["bbox"]
+            ys, xs = np.nonzero(mask)
+            assert 0 <= x <= xs.min() + 1 and 0 <= y <= ys.min() + 1
+            assert xs.max() <= x + w + 1 <= image["width"] + 1 and ys.max() <= y + h + 1 <= image["height"] + 1
+
+
+def test_source_untouched_and_no_leftovers(converted):
+    _, src, before, _, out = converted
+    assert tree_bytes(src) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["export", "out"]  # no temporary folder left
+
+
+def test_coco_quirk_details(tmp_path):
+    src = write_coco_export(tmp_path / "export")
+    report = convert_roboflow(src, tmp_path / "out")
+    doc = json.loads((tmp_path / "out/train/_annotations.coco.json").read_text())
+    names = [i["file_name"] for i in doc["images"]]
+    assert names == ["a.jpg", "b.jpg", "-c.jpg"]  # missing.jpg never invented; negative b.jpg kept
+    assert not (tmp_path / "out/train/missing.jpg").exists()
+    a = doc["images"][0]
+    assert (a["width"], a["height"]) == (64, 47)  # corrected from the file
+    clipped = doc["annotations"][1]["segmentation"][0]
+    assert max(clipped[0::2]) == 64 and max(clipped[1::2]) == 47
+    assert [a["iscrowd"] for a in doc["annotations"]] == [0, 0, 0, 0, 1]
+    rle = doc["annotations"][3]["segmentation"]
+    assert isinstance(rle, dict) and mask_utils.area({**rle, "counts": rle["counts"].encode()}) == 112
+    box_mask = doc["annotations"][2]
+    assert box_mask["bbox"] == [2, 30, 6, 8]  # empty segmentation: the box became the mask
+    assert report.quirk_counts()["short_polygon"] == 1
+
+
+@pytest.mark.parametrize("mapping", [False, True])
+def test_yolo_names_list_or_mapping(tmp_path, mapping):
+    src = write_yolo_export(tmp_path / "export", names_as_mapping=mapping)
+    report = convert_roboflow(src, tmp_path / "out")
+    assert report.categories == ["fish", "shark"]
+    doc = json.loads((tmp_path / "out/train/_annotations.coco.json").read_text())
+    image_id = next(i["id"] for i in doc["images"] if i["file_name"] == "img1.jpg")
+    img1 = [a for a in doc["annotations"] if a["image_id"] == image_id]
+    assert [a["category_id"] for a in img1] == [1, 2]
+    assert img1[0]["bbox"] == pytest.approx([30, 15, 20, 30])  # 0.5 0.5 0.25 0.5 on 80x60
+    assert len(img1[1]["segmentation"][0]) == 8  # closing point removed
+
+
+def test_masks_instances_are_components(tmp_path):
+    src = write_masks_export(tmp_path / "export")
+    convert_roboflow(src, tmp_path / "out")
+    coco = load_coco(tmp_path / "out/train/_annotations.coco.json")
+    areas = sorted((coco.cats[a["category_id"]]["name"], a["area"]) for a in coco.anns.values())
+    assert areas == [("crack", 48), ("crack", 150), ("rust", 32)]
+
+
+def test_link_makes_symlinks(tmp_path):
+    src = write_voc_export(tmp_path / "export")
+    convert_roboflow(src, tmp_path / "out", link=True)
+    image = tmp_path / "out/train/f1.jpg"
+    assert image.is_symlink() and Path(os.readlink(image)) == (src / "train/f1.jpg").resolve()
+
+
+def test_class_list_from_every_split(tmp_path):
+    src = write_voc_export(tmp_path / "export")
+    convert_roboflow(src, tmp_path / "out")
+    for split in ("train", "valid", "test"):
+        doc = json.loads((tmp_path / f"out/{split}/_annotations.coco.json").read_text())
+        assert [c["name"] for c in doc["categories"]] == ["VEHICLE TYPE 1", "VEHICLE TYPE 2", "wheel"]
+
+
+def test_overwrite_replaces(tmp_path):
+    src = write_voc_export(tmp_path / "export")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/old.txt").write_text("old")
+    convert_roboflow(src, tmp_path / "out", overwrite=True)
+    assert not (tmp_path / "out/old.txt").exists() and (tmp_path / "out/train/f1.jpg").is_file()
+
+
+def test_zip_export(tmp_path):
+    import shutil
+
+    src = write_voc_export(tmp_path / "export")
+    archive = shutil.make_archive(str(tmp_path / "export"), "zip", root_dir=src)
+    report = convert_roboflow(archive, tmp_path / "out", link=True)
+    assert report.total("images_out") == 5 and "linked_as_copy" in report.quirk_counts()
+    assert not (tmp_path / "out/train/f1.jpg").is_symlink()
+
+
+def test_strict_raises_on_lost_data(tmp_path):
+    from sam3_lora_kit.data import DataError
+
+    src = write_coco_export(tmp_path / "export")
+    with pytest.raises(DataError, match="missing.jpg|fewer than 3"):
+        convert_roboflow(src, tmp_path / "out", strict=True)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,70 @@
+"""CocoSegmentationDataset: the interface SAM 3 training reads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_fixtures import write_coco_export, write_masks_export
+from sam3_lora_kit.data import CocoSegmentationDataset, DataError, convert_roboflow
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ds")
+    convert_roboflow(write_coco_export(tmp / "export"), tmp / "out")
+    return tmp / "out"
+
+
+@pytest.mark.parametrize("image_size", [None, 32])
+def test_items_follow_the_interface(coco_root, image_size):
+    ds = CocoSegmentationDataset(coco_root, "train", image_size=image_size)
+    assert len(ds) == 3 and ds.categories == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    assert ds.category_names == ["cat", "dog"] and ds.coco_path.name == "_annotations.coco.json"
+    for i in range(len(ds)):
+        item = ds[i]
+        image = item["image"]
+        assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3
+        h, w = image.shape[1:]
+        if image_size:
+            assert (h, w) == (image_size, image_size)
+        n = len(item["category_ids"])
+        assert item["masks"].dtype == torch.bool and item["masks"].shape == (n, h, w)
+        assert item["boxes"].dtype == torch.float32 and item["boxes"].shape == (n, 4)
+        assert item["category_ids"].dtype == torch.int64 and len(item["category_names"]) == n
+        assert isinstance(item["image_id"], int) and isinstance(item["file_name"], str)
+        for mask, box in zip(item["masks"], item["boxes"]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert len(xs) > 0
+            assert box[0] - 1 <= xs.min() and xs.max() <= box[2] + 1
+            assert box[1] - 1 <= ys.min() and ys.max() <= box[3] + 1
+
+
+def test_first_item_values(coco_root):
+    item = CocoSegmentationDataset(coco_root, "train")[0]
+    assert item["file_name"] == "a.jpg" and item["category_names"] == ["cat", "cat", "cat"]
+    assert item["boxes"][0].tolist() == [10, 10, 30, 20]
+    assert int(item["masks"][0].sum()) == 200
+
+
+def test_resize_scales_boxes(coco_root):
+    full = CocoSegmentationDataset(coco_root, "train")[0]
+    small = CocoSegmentationDataset(coco_root, "train", image_size=32)[0]
+    h, w = full["image"].shape[1:]
+    scale = torch.tensor([32 / w, 32 / h, 32 / w, 32 / h])
+    assert torch.allclose(small["boxes"], full["boxes"] * scale)
+
+
+def test_transforms_applied_last(coco_root):
+    ds = CocoSegmentationDataset(coco_root, "train", transforms=lambda item: {**item, "seen": True})
+    assert ds[0]["seen"] is True
+
+
+def test_rle_masks_decode(tmp_path):
+    convert_roboflow(write_masks_export(tmp_path / "export"), tmp_path / "out")
+    item = CocoSegmentationDataset(tmp_path / "out", "train")[0]
+    assert sorted(int(m.sum()) for m in item["masks"]) == [32, 48, 150]
+
+
+def test_missing_split_names_file(tmp_path):
+    with pytest.raises(DataError, match="_annotations.coco.json: missing"):
+        CocoSegmentationDataset(tmp_path, "train")
