@@ -1,0 +1,28 @@
+"""SAM 3 for the kit: building (tiny/full), LoRA presets, dataset -> BatchedDatapoint, official losses.
+
+Importing this package is light (torch only); ``sam3`` is imported by the functions that need it.
+"""
+from sam3_lora_kit.sam3.batches import BatchBuilder
+from sam3_lora_kit.sam3.build import TINY, CheckpointError, LoadReport, bpe_path, build_sam3, load_sam3_checkpoint
+from sam3_lora_kit.sam3.loss import LOSS_WEIGHTS, build_loss, training_step_loss
+from sam3_lora_kit.sam3.postprocess import final_outputs, postprocess
+from sam3_lora_kit.sam3.presets import DEFAULT_PRESET, LORA_PRESETS, apply_lora, resolve_targets
+
+__all__ = [
+    "BatchBuilder",
+    "CheckpointError",
+    "DEFAULT_PRESET",
+    "LORA_PRESETS",
+    "LOSS_WEIGHTS",
+    "LoadReport",
+    "TINY",
+    "apply_lora",
+    "bpe_path",
+    "build_loss",
+    "build_sam3",
+    "final_outputs",
+    "load_sam3_checkpoint",
+    "postprocess",
+    "resolve_targets",
+    "training_step_loss",
+]
