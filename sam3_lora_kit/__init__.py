@@ -1,31 +1,36 @@
-"""sam3-lora-kit: LoRA fine-tuning of Meta's SAM 3 on Roboflow datasets, for notebooks and the command line."""
+"""sam3-lora-kit: LoRA fine-tuning of Meta's SAM 3 on Roboflow datasets, for notebooks and the command line.
+
+The public names below are imported on first use (PEP 562), so ``import sam3_lora_kit`` and the
+data-only commands (``sam3-lora convert``/``inspect``) never load torch.
+"""
 from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from sam3_lora_kit.lora import (  # noqa: E402  (the LoRA core is light: torch only)
-    LoRALinear,
-    LoRAMultiheadAttention,
-    LoRAReport,
-    inject_lora,
-    load_adapter,
-    lora_state_dict,
-    merge_lora,
-    save_adapter,
-    unmerge_lora,
-)
-from sam3_lora_kit.runtime import pick_device, set_seed  # noqa: E402
+_EXPORTS = {
+    "LoRALinear": "sam3_lora_kit.lora",
+    "LoRAMultiheadAttention": "sam3_lora_kit.lora",
+    "LoRAReport": "sam3_lora_kit.lora",
+    "inject_lora": "sam3_lora_kit.lora",
+    "load_adapter": "sam3_lora_kit.lora",
+    "lora_state_dict": "sam3_lora_kit.lora",
+    "merge_lora": "sam3_lora_kit.lora",
+    "save_adapter": "sam3_lora_kit.lora",
+    "unmerge_lora": "sam3_lora_kit.lora",
+    "pick_device": "sam3_lora_kit.runtime",
+    "set_seed": "sam3_lora_kit.runtime",
+}
 
-__all__ = [
-    "LoRALinear",
-    "LoRAMultiheadAttention",
-    "LoRAReport",
-    "inject_lora",
-    "load_adapter",
-    "lora_state_dict",
-    "merge_lora",
-    "pick_device",
-    "save_adapter",
-    "set_seed",
-    "unmerge_lora",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sam3_lora_kit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
