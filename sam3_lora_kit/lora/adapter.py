@@ -85,6 +85,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an adapter is meant to be shared
         save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,187 @@
+"""``train(config)``: LoRA fine-tuning of SAM 3 on a COCO split, the thin SAM 3 layer over ``loop.fit``.
+
+It builds the model (``build_sam3``), applies the LoRA preset (``apply_lora``), turns dataset
+items into ``BatchedDatapoint`` queries (``BatchBuilder``) and minimises ``sam3``'s own loss
+(``build_loss`` / ``training_step_loss``). Under ``torchrun`` each process trains on its own
+slice of every batch and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from sam3_lora_kit.runtime import pick_device, set_seed
+from sam3_lora_kit.train import checkpoint as ckpt
+from sam3_lora_kit.train.config import ConfigError, TrainConfig
+from sam3_lora_kit.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from sam3_lora_kit.train.loop import TrainResult, fit
+from sam3_lora_kit.train.sampler import EpochSampler
+
+__all__ = ["train", "as_config", "resolve_model_size", "set_activation_checkpointing", "run_fingerprint", "total_steps_for"]
+
+
+def as_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) -> TrainConfig:
+    """A ``TrainConfig`` from itself, a mapping (notebook parameters) or a YAML path."""
+    if isinstance(config, TrainConfig):
+        config.validate()
+        return config
+    if isinstance(config, Mapping):
+        return TrainConfig.from_dict(config)
+    return TrainConfig.from_yaml(config)
+
+
+def resolve_model_size(config: TrainConfig, device: torch.device) -> str:
+    """``"auto"``: ``full`` when a GPU and base weights (``checkpoint``) are available, else ``tiny``."""
+    if config.model_size != "auto":
+        return config.model_size
+    return "full" if device.type == "cuda" and config.checkpoint is not None else "tiny"
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
+    """Turn activation checkpointing of the ViT blocks and the pixel decoder on or off (model
+    attributes that ``sam3`` reads in training; the fusion encoder and decoder always checkpoint,
+    as ``sam3`` requires). Returns how many modules were switched."""
+    switched = 0
+    for module in model.modules():
+        if type(module).__name__ == "ViT" and hasattr(module, "use_act_checkpoint"):
+            module.use_act_checkpoint = enabled
+            switched += 1
+        elif type(module).__name__ == "UniversalSegmentationHead" and hasattr(module, "act_ckpt"):
+            module.act_ckpt = enabled
+            switched += 1
+    return switched
+
+
+def run_fingerprint(config: TrainConfig, model_size: str, model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it."""
+    from sam3_lora_kit.lora import architecture_fingerprint
+
+    return {
+        "model_size": model_size,
+        "base_weights": Path(config.checkpoint).name if config.checkpoint else f"random init (seed {config.seed})",
+        "preset": config.preset,
+        "target_modules": list(config.target_modules) if config.target_modules is not None else None,
+        "rank": config.rank,
+        "alpha": config.alpha,
+        "qkv": config.qkv,
+        "architecture": architecture_fingerprint(model),
+    }
+
+
+def total_steps_for(config: TrainConfig, sampler: EpochSampler) -> int:
+    """``config.steps``, or the optimizer steps that cover ``config.epochs``."""
+    if config.steps is not None:
+        return config.steps
+    return math.ceil(sampler.micro_batches_for(config.epochs) / config.grad_accum)
+
+
+def _device_for(config: TrainConfig, info: DistInfo) -> torch.device:
+    device = pick_device(config.device)
+    if device.type == "cuda" and info.enabled and device.index is None:
+        device = torch.device("cuda", info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def train(
+    config: TrainConfig | Mapping[str, Any] | str | os.PathLike,
+    model: nn.Module | None = None,
+    dataset: Any = None,
+    progress: bool = True,
+    eval_fn: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
+) -> TrainResult:
+    """Fine-tune SAM 3 with LoRA as ``config`` says; returns the run's adapter, metrics and summary.
+
+    ``model``: a ``Sam3Image`` to train instead of building one (LoRA is applied unless it
+    already has LoRA layers). ``dataset``: a ``CocoSegmentationDataset`` (or anything with
+    ``len``, items like it and ``category_names``) instead of ``dataset_dir``/``split``.
+    ``eval_fn(model, step)`` runs every ``eval_every`` steps and its numbers join the log.
+    """
+    config = as_config(config)
+    if dataset is None and config.dataset_dir is None:
+        raise ConfigError("dataset_dir is not set: give a clean COCO folder (--dataset-dir, or dataset_dir: in the config; "
+                          "sam3-lora convert SRC DST makes one)")
+    requested = pick_device(config.device)
+    info = init_distributed(requested.type)
+    try:
+        device = _device_for(config, info)
+        if info.is_main:
+            ckpt.check_output_dir(config.output_dir)  # fail before the model is built
+        return _train(config, model, dataset, progress, eval_fn, device, info)
+    finally:
+        shutdown_distributed(info)
+
+
+def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress: bool,
+           eval_fn: Callable[[nn.Module, int], Mapping[str, Any]] | None, device: torch.device, info: DistInfo) -> TrainResult:
+    from sam3_lora_kit.lora import iter_lora_layers
+    from sam3_lora_kit.sam3.batches import BatchBuilder
+    from sam3_lora_kit.sam3.loss import build_loss, training_step_loss
+
+    set_seed(config.seed)
+    if dataset is None:
+        from sam3_lora_kit.data import CocoSegmentationDataset
+
+        dataset = CocoSegmentationDataset(config.dataset_dir, config.split)
+    model_size = resolve_model_size(config, device)
+    report = None
+    if model is None:
+        from sam3_lora_kit.sam3 import build_sam3
+
+        model = build_sam3(model_size, checkpoint=config.checkpoint, device=device, image_size=config.image_size)
+    if not any(True for _ in iter_lora_layers(model)):
+        from sam3_lora_kit.sam3 import apply_lora
+
+        report = apply_lora(model, preset=config.preset, rank=config.rank, alpha=config.alpha, dropout=config.dropout,
+                            target_modules=config.target_modules, qkv=config.qkv)
+        if progress and info.is_main:
+            print(report.table())
+    set_activation_checkpointing(model, config.activation_checkpointing)
+    image_size = config.image_size or int(getattr(model, "image_size"))
+
+    sampler = EpochSampler(len(dataset), config.batch_size, seed=config.seed, rank=info.rank, world_size=info.world_size)
+    total_steps = total_steps_for(config, sampler)
+    category_names = list(dataset.category_names)
+
+    def batch_fn(index: int) -> Any:  # this rank's part of global micro-batch `index`, on the CPU
+        builder = BatchBuilder(category_names, image_size, negative_ratio=config.negative_ratio,
+                               flip_prob=config.flip_prob, seed=(config.seed * 1_000_003 + index) * 64 + info.rank)
+        return builder([dataset[i] for i in sampler.indices(index)])
+
+    loss_module = build_loss(device)
+
+    def loss_fn(net: nn.Module, batch: Any) -> Mapping[str, torch.Tensor]:
+        if device.type != "cpu":
+            from sam3.model.utils.misc import copy_data_to_device
+
+            batch = copy_data_to_device(batch, device, non_blocking=True)
+        return training_step_loss(net, batch, loss_module)
+
+    if progress and info.is_main:
+        print(f"training SAM 3 {model_size.upper()} on {device} for {total_steps} steps "
+              f"(image_size={image_size}, batch_size={config.batch_size} x {config.grad_accum} accum x {info.world_size} process(es))")
+    result = fit(
+        model, batch_fn, loss_fn, config,
+        total_steps=total_steps,
+        fingerprint=run_fingerprint(config, model_size, model),
+        device=device,
+        dist_info=info,
+        progress=progress,
+        epoch_of=sampler.epoch,
+        eval_fn=eval_fn,
+        num_workers=config.num_workers,
+        summary_fields={"model_size": model_size, "dataset_dir": str(config.dataset_dir), "split": config.split,
+                        "num_images": len(dataset), "image_size": image_size},
+        adapter_metadata={"preset": config.preset, "model_size": model_size, "rank": config.rank, "alpha": config.alpha,
+                          "qkv": config.qkv, "target_modules": config.target_modules, "image_size": image_size,
+                          "category_names": category_names},
+    )
+    result.report = report
+    result.extra.update(model_size=model_size, image_size=image_size, total_steps=total_steps)
+    return result

@@ -1,0 +1,135 @@
+"""Training the tiny SAM 3 on CPU: the loss falls, a SIGKILLed run resumes bitwise, refusals, 2-process DDP."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sam3_lora_kit.train.config import TrainConfig
+from sam3_lora_kit.train.errors import CheckpointError
+
+IMAGE_SIZE = 112  # tiny model, 8 x 8 ViT tokens: the cheapest size that keeps windows and RoPE honest
+
+
+@pytest.fixture(scope="module")
+def clean_sample(tmp_path_factory, repo_root) -> Path:
+    """The bundled sample converted to clean COCO."""
+    from sam3_lora_kit.data.convert import convert_roboflow
+
+    target = tmp_path_factory.mktemp("sample") / "coco"
+    convert_roboflow(repo_root / "data" / "sample" / "coco-segmentation", target)
+    return target
+
+
+def params(dataset_dir: Path, output_dir: Path, **changes) -> dict:
+    base = {"dataset_dir": str(dataset_dir), "output_dir": str(output_dir), "model_size": "tiny", "image_size": IMAGE_SIZE,
+            "batch_size": 2, "steps": 6, "warmup_steps": 1, "lr": 3e-3, "rank": 4, "alpha": 8.0, "dropout": 0.05,
+            "save_every": 2, "keep_checkpoints": 4, "device": "cpu", "preset": "all-attn"}
+    return {**base, **changes}
+
+
+class FirstImages:
+    """The first ``n`` items of a dataset (an overfitting run sees the same batch every step)."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset, self.n, self.category_names = dataset, n, dataset.category_names
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[index]
+
+
+def test_tiny_sam3_loss_falls_on_a_fixed_batch(clean_sample, tmp_path):
+    from sam3_lora_kit.data import CocoSegmentationDataset
+    from sam3_lora_kit.train import train
+
+    dataset = FirstImages(CocoSegmentationDataset(clean_sample, "train"), 2)
+    cfg = params(clean_sample, tmp_path / "run", steps=8, flip_prob=0.0, negative_ratio=0.0, dropout=0.0, save_every=8)
+    result = train(cfg, dataset=dataset, progress=False)
+    losses = result.losses
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert min(losses[-3:]) < 0.8 * losses[0], losses
+    summary = result.summary
+    assert summary["model_size"] == "tiny" and summary["device"] == "cpu" and 0 < summary["trainable_percent"] < 100
+    assert {"loss_ce", "loss_mask", "loss_dice", "loss_bbox"} <= set(result.metrics[0])
+    assert result.report is not None and result.report.trainable == summary["trainable_params"]
+
+
+def _cli(config_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "sam3_lora_kit.cli", "train", "--config", str(config_path), "--no-progress", *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_sigkill_mid_run_then_resume_equals_an_unbroken_run(clean_sample, tmp_path):
+    steps = 8
+    configs = {}
+    for name in ("unbroken", "killed"):
+        configs[name] = TrainConfig.from_dict(params(clean_sample, tmp_path / name, steps=steps)).to_yaml(tmp_path / f"{name}.yaml")
+    unbroken = _cli(configs["unbroken"])
+    killed = _cli(configs["killed"])
+    target = tmp_path / "killed" / "checkpoints" / "step_0000004.pt"
+    deadline = time.monotonic() + 600
+    while not target.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run ended before it could be killed: " + killed.stdout.read().decode()[-2000:]
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "adapter.safetensors").exists()
+    out, _ = unbroken.communicate(timeout=600)
+    assert unbroken.returncode == 0, out.decode()[-2000:]
+
+    resumed = _cli(configs["killed"], "--resume")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out.decode()[-2000:]
+    a = load_file(tmp_path / "unbroken" / "adapter.safetensors")
+    b = load_file(tmp_path / "killed" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_B") and a[k].abs().sum() > 0 for k in a)  # it trained
+
+
+@pytest.mark.parametrize("key, value", [("rank", 8), ("preset", "vision-attn")])
+def test_resume_refuses_a_checkpoint_from_another_preset_or_rank(clean_sample, tmp_path, key, value):
+    from sam3_lora_kit.train import train
+
+    train(params(clean_sample, tmp_path, steps=1, save_every=1, batch_size=1), progress=False)
+    with pytest.raises(CheckpointError, match=f"made with {key}=.*this run has {key}={value!r}"):
+        train(params(clean_sample, tmp_path, steps=2, batch_size=1, resume="latest", **{key: value}), progress=False)
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cfg: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from sam3_lora_kit.lora import lora_state_dict
+    from sam3_lora_kit.train import train
+
+    result = train(cfg, progress=False)
+    torch.save(dict(lora_state_dict(result.model)), Path(out) / f"rank{rank}.pt")
+
+
+def test_ddp_two_cpu_processes_hold_identical_adapters(clean_sample, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = params(clean_sample, tmp_path / "run", steps=2, batch_size=1, save_every=2)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True)
+    zero, one = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert zero.keys() == one.keys() and all(torch.equal(zero[k], one[k]) for k in zero)
+    assert any(k.endswith("lora_B") and zero[k].abs().sum() > 0 for k in zero)  # a step was taken
+    saved = load_file(tmp_path / "run" / "adapter.safetensors")  # written by rank 0 only
+    assert all(torch.equal(saved[k], zero[k]) for k in zero)
+    import json
+
+    assert json.loads((tmp_path / "run" / "run_summary.json").read_text())["world_size"] == 2
