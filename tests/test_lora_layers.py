@@ -257,3 +257,27 @@ def test_lora_mha_does_not_build_score_matrix(monkeypatch):
 def test_bad_rank_raises(rank):
     with pytest.raises(ValueError, match="rank"):
         LoRALinear(nn.Linear(4, 4), rank, 1)
+
+
+@pytest.mark.parametrize("in_features,out_features,tokens", [(64, 96, 512), (256, 256, 1024), (32, 512, 600)])
+def test_many_token_fused_path_is_as_accurate_as_peft(in_features, out_features, tokens):
+    """With many tokens the update is folded into the weight; check it against float64 and PEFT."""
+    from sam3_lora_kit.lora.layers import _use_fused
+
+    torch.manual_seed(0)
+    base = nn.Linear(in_features, out_features)
+    ours = LoRALinear(copy.deepcopy(base), 8, 16)
+    peft = _peft_linear(copy.deepcopy(base), 8, 16, False)
+    _randomise_b(ours, std=0.02)
+    with torch.no_grad():
+        peft.lora_A["default"].weight.copy_(ours.lora_A)
+        peft.lora_B["default"].weight.copy_(ours.lora_B)
+    x = torch.randn(tokens, in_features)
+    assert _use_fused(x, base.weight)
+    with torch.no_grad():
+        exact = ours.base_layer.double()(x.double()) + (x.double() @ ours.lora_A.double().t() @ ours.lora_B.double().t()) * ours.scaling
+        ours.base_layer.float()
+        error_ours = (ours(x).double() - exact).abs().max().item()
+        error_peft = (peft(x).double() - exact).abs().max().item()
+    assert error_ours <= 2 * error_peft + 1e-7
+    assert error_ours <= 2e-6

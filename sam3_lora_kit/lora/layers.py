@@ -9,11 +9,17 @@ can carry one low-rank update per output slice (q, k, v): ``A`` then stacks the 
 ``(rank * n_enabled, in_features)``, ``B`` stacks theirs ``(sum of enabled out_i, rank)`` and the
 update is the block-diagonal product, with zero rows for the slices left out.
 
-Speed: a custom autograd function adds the low-rank products into the base products in place
-and returns gradients for the input, ``A`` and ``B`` only (never for the frozen weight), so a
-frozen base layer with LoRA costs little more than the frozen base layer. The attention wrapper calls
-PyTorch's ``scaled_dot_product_attention`` and never builds the L x L score matrix unless
-``need_weights=True`` is asked for.
+Speed: custom autograd functions return gradients for the input, ``A`` and ``B`` only (never
+for the frozen weight), so a frozen base layer with LoRA costs little more than the frozen base
+layer. With many tokens per weight (float32, ``tokens * (in + out) >= in * out``, every ViT
+layer at 1008 px) the update is folded into the weight, ``x @ (W + s * B @ A)^T``: one GEMM
+forward and one GEMM ``grad_y @ [W_eff | B]`` backward give ``grad_x`` and ``grad_y @ B``
+together, because thin GEMMs with a rank-sized dimension run far below a large GEMM's speed
+(on CPU). With few tokens (decoder queries, text) or in half precision (where adding a small
+update to the weight would round it away) the low-rank products are added into the base
+products in place instead. ``benchmarks/`` measures both against PEFT and the frozen layer.
+The attention wrapper calls PyTorch's ``scaled_dot_product_attention`` and never builds the
+L x L score matrix unless ``need_weights=True`` is asked for.
 """
 from __future__ import annotations
 
@@ -62,6 +68,54 @@ class _LoRALinearFunction(torch.autograd.Function):
         grad_A = (grad_y_b.t() @ x.reshape(-1, x.shape[-1])).mul_(scaling)  # (R, in)
         grad_B = (grad_y_2d.t() @ x_a).mul_(scaling)  # (out, R)
         return grad_x, None, None, grad_A, grad_B, None
+
+
+class _LoRALinearFusedFunction(torch.autograd.Function):
+    """The same ``y`` as ``_LoRALinearFunction`` computed as ``x @ (W + s * B @ A)^T + b``.
+
+    Forward: one weight-sized ``addmm`` then one GEMM. Backward: one GEMM against the stacked
+    ``[W_eff | B]`` (out, in + R) yields ``grad_x`` and ``grad_y @ B`` at once; ``W_eff`` is
+    rebuilt rather than saved, so no weight-sized tensor is kept for backward. ``grad_x`` is
+    returned as a column slice of that product (row stride ``in + R``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float):  # type: ignore[override]
+        w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)  # (out, in)
+        y = F.linear(x, w_eff, bias)  # (..., out)
+        x_a = x.reshape(-1, x.shape[-1]) @ lora_A.t()  # (N, R)
+        ctx.save_for_backward(x, weight, lora_A, lora_B, x_a)
+        ctx.scaling = scaling
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x, weight, lora_A, lora_B, x_a = ctx.saved_tensors
+        scaling = ctx.scaling
+        out_features, in_features = weight.shape
+        grad_y_2d = grad_y.reshape(-1, out_features)  # (N, out)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            stacked = weight.new_empty(out_features, in_features + lora_A.shape[0])  # [W_eff | B]
+            stacked[:, :in_features].copy_(weight).addmm_(lora_B, lora_A, alpha=scaling)
+            stacked[:, in_features:].copy_(lora_B)
+            grad_both = grad_y_2d @ stacked  # (N, in + R)
+            grad_x = grad_both[:, :in_features].view(x.shape)
+            grad_y_b = grad_both[:, in_features:]  # (N, R)
+        else:
+            grad_y_b = grad_y_2d @ lora_B  # (N, R)
+        grad_A = (grad_y_b.t() @ x.reshape(-1, in_features)).mul_(scaling)  # (R, in)
+        grad_B = (x_a.t() @ grad_y_2d).mul_(scaling).t()  # (out, R); this order runs faster than grad_y^T @ x_a
+        return grad_x, None, None, grad_A, grad_B, None
+
+
+def _use_fused(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Fold the update into the weight when the activations outweigh the weight (float32/64 only)."""
+    if weight.dtype not in (torch.float32, torch.float64):
+        return False
+    out_features, in_features = weight.shape
+    tokens = x.numel() // max(x.shape[-1], 1)
+    return tokens * (in_features + out_features) >= in_features * out_features
 
 
 class LoRALayer(nn.Module):
@@ -137,10 +191,11 @@ def lora_linear(
         return base_out + (F.linear(x_a, lora_B) * layer.scaling).to(base_out.dtype)
     x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
     bias = bias.to(dtype) if bias is not None else None
+    function = _LoRALinearFusedFunction if _use_fused(x, weight) else _LoRALinearFunction
     if cast is None:
-        return _LoRALinearFunction.apply(x, weight, bias, lora_A, lora_B, layer.scaling)
+        return function.apply(x, weight, bias, lora_A, lora_B, layer.scaling)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return _LoRALinearFunction.apply(x, weight, bias, lora_A, lora_B, layer.scaling)
+        return function.apply(x, weight, bias, lora_A, lora_B, layer.scaling)
 
 
 class LoRALinear(LoRALayer):

@@ -1,0 +1,164 @@
+"""Shared measurement helpers: machine facts, interleaved timing, medians, saved-tensor bytes."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class Settings:
+    """What every benchmark is told about the run."""
+
+    quick: bool  # the small grid that CI runs
+    device: torch.device  # where the benchmark runs
+    threads: int  # torch.set_num_threads for CPU runs
+    repeats: int  # timed repetitions per variant after warm-up
+    warmup: int  # untimed runs per variant first
+
+
+def machine_info(device: torch.device, threads: int) -> dict:
+    """Machine, load and library versions recorded in every result file."""
+    import importlib.metadata as metadata
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "versions": {},
+    }
+    for package in ("torch", "peft", "sam3", "supervision", "numpy", "sam3-lora-kit"):
+        try:
+            info["versions"][package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info["versions"][package] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call: CUDA events after a synchronise on GPU, ``perf_counter`` on CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000.0
+    start_s = time.perf_counter()
+    fn()
+    return time.perf_counter() - start_s
+
+
+def interleaved_times(variants: Mapping[str, Callable[[], object]], settings: Settings) -> dict[str, list[float]]:
+    """Time every variant ``settings.repeats`` times, interleaved (ABC, BCA, CAB, ...).
+
+    Contention from other processes then hits all variants alike; each variant first runs
+    ``settings.warmup`` times untimed.
+    """
+    names = list(variants)
+    for _ in range(settings.warmup):
+        for name in names:
+            variants[name]()
+    synchronize(settings.device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(settings.repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(time_once(variants[name], settings.device))
+    return times
+
+
+def summarise(times: Mapping[str, list[float]], reference: str) -> dict:
+    """Medians per variant, and each variant's ratio to ``reference``.
+
+    ``ratio`` is the median over repeats of the paired ratio (variant and reference timed in
+    the same round), which cancels slow drifts in machine load; ``ratio_of_medians`` is given too.
+    """
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratios, ratio_of_medians = {}, {}
+    for name, values in times.items():
+        paired = [value / ref for value, ref in zip(values, times[reference])]
+        ratios[name] = statistics.median(paired)
+        ratio_of_medians[name] = medians[name] / medians[reference]
+    return {"median_s": medians, "ratio": ratios, "ratio_of_medians": ratio_of_medians, "times_s": dict(times)}
+
+
+def saved_tensor_bytes(fn: Callable[[], torch.Tensor], module: nn.Module) -> int:
+    """Bytes autograd keeps for backward during ``fn()``, excluding ``module``'s parameters.
+
+    Counts each storage once. On CPU this is the activation memory a layer adds to training,
+    measured exactly; CUDA runs report ``max_memory_allocated`` as well.
+    """
+    parameter_ptrs = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_ptrs:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def peak_cuda_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak CUDA memory allocated during ``fn()`` above what was allocated before (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def fmt_mib(n_bytes: float | None) -> str:
+    return "n/a" if n_bytes is None else f"{n_bytes / 2**20:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,321 @@
+"""LoRA layers against PEFT's and against the frozen base: forward + backward time and memory.
+
+Three comparisons, each timed interleaved in one run (see ``common.interleaved_times``):
+- ``LoRALinear`` against PEFT's LoRA ``Linear`` and the frozen ``nn.Linear`` at SAM 3's shapes
+  with a 1008 px image's 72 x 72 = 5184 tokens per image; ``lora_inplace`` is the kit's
+  other formulation (low-rank products added into the base products) forced on, to show
+  why the layer picks the fused one at these sizes;
+- a transformer block with LoRA merged against the same block without LoRA (the limit);
+- ``LoRAMultiheadAttention`` against PEFT's MultiheadAttention LoRA and ``nn.MultiheadAttention``.
+Memory: bytes autograd saves for backward (exact, any device) and, on CUDA, peak allocated.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+
+import torch
+from torch import nn
+
+from benchmarks.common import (
+    Settings,
+    fmt_mib,
+    fmt_ms,
+    fmt_ratio,
+    interleaved_times,
+    markdown_table,
+    peak_cuda_bytes,
+    saved_tensor_bytes,
+    summarise,
+)
+
+NAME = "lora_layers"
+TITLE = "LoRA layers: kit vs PEFT vs frozen base"
+
+TOKENS = 72 * 72  # a 1008 px image through a patch-14 ViT
+SHAPES = [(1024, 1024), (1024, 3072), (1024, 4736), (256, 256), (256, 2048)]  # (in, out)
+FULL_RANKS = [4, 8, 16, 32, 64]
+FULL_BATCHES = [1, 4]
+QUICK_SHAPES = [(256, 256), (256, 2048), (1024, 1024)]
+FEW_TOKENS = 200  # decoder queries (256x2048 MLP): where the in-place formulation is chosen
+GOALS = {"linear_vs_base": 1.10, "linear_vs_peft": 0.90, "mha_vs_peft": 1.00, "merged_vs_base": 1.02}
+
+
+def available() -> str | None:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return "peft is not installed"
+    return None
+
+
+class _Holder(nn.Module):
+    def __init__(self, name: str, module: nn.Module) -> None:
+        super().__init__()
+        self.add_module(name, module)
+
+
+def _peft_wrap(module: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """PEFT's LoRA layer around ``module``, made as users make it (PEFT 0.21 needs a config)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["layer"], lora_dropout=0.0)
+    return get_peft_model(_Holder("layer", module), config).base_model.model.layer
+
+
+def _randomise_lora(module: nn.Module) -> None:
+    """Non-zero B everywhere (a fresh adapter has B = 0), so every variant computes a real update."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator).to(param) * 0.02)
+
+
+def _train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, attention: bool = False):
+    def step() -> torch.Tensor:
+        x.grad = None
+        for param in module.parameters():
+            param.grad = None
+        out = module(x, x, x, need_weights=False)[0] if attention else module(x)
+        out.backward(grad)
+        return out
+
+    return step
+
+
+def _forward(module: nn.Module, x: torch.Tensor, attention: bool = False):
+    return lambda: module(x, x, x, need_weights=False)[0] if attention else module(x)
+
+
+def _memory(steps: dict, forwards: dict, modules: dict, device: torch.device) -> dict:
+    saved = {name: saved_tensor_bytes(forwards[name], modules[name]) for name in modules}
+    peak = {name: peak_cuda_bytes(steps[name], device) for name in modules}
+    return {"saved_bytes": saved, "peak_cuda_bytes": peak}
+
+
+def _linear_case(in_features: int, out_features: int, batch: int, rank: int, tokens: int, settings: Settings, with_inplace: bool) -> dict:
+    from sam3_lora_kit.lora import LoRALinear
+    from sam3_lora_kit.lora import layers
+
+    device = settings.device
+    torch.manual_seed(0)
+    base = nn.Linear(in_features, out_features, device=device).requires_grad_(False)
+    ours = LoRALinear(copy.deepcopy(base), rank, 2 * rank)
+    peft = _peft_wrap(copy.deepcopy(base), rank, 2 * rank)
+    _randomise_lora(ours), _randomise_lora(peft)
+    x = torch.randn(batch, tokens, in_features, device=device, requires_grad=True)  # (B, N, in)
+    grad = torch.randn(batch, tokens, out_features, device=device)  # (B, N, out)
+    modules = {"base": base, "lora": ours, "peft": peft}
+    steps = {name: _train_step(module, x, grad) for name, module in modules.items()}
+    forwards = {name: _forward(module, x) for name, module in modules.items()}
+    if with_inplace:
+        fused_now = layers._use_fused(x, base.weight)
+        function = layers._LoRALinearFunction if fused_now else layers._LoRALinearFusedFunction
+        other = "lora_inplace" if fused_now else "lora_fused"
+
+        def other_forward() -> torch.Tensor:
+            return function.apply(x, base.weight, base.bias, ours.lora_A, ours.lora_B, ours.scaling)
+
+        def other_step() -> torch.Tensor:
+            x.grad, ours.lora_A.grad, ours.lora_B.grad = None, None, None
+            out = other_forward()
+            out.backward(grad)
+            return out
+
+        steps[other], forwards[other], modules[other] = other_step, other_forward, ours
+    times = interleaved_times(steps, settings)
+    result = {
+        "in_features": in_features, "out_features": out_features, "batch": batch, "tokens": tokens, "rank": rank,
+        "lora_path": "fused" if layers._use_fused(x, base.weight) else "inplace",
+        "vs_base": summarise(times, "base"), "vs_peft": summarise(times, "peft"),
+    }
+    result.update(_memory(steps, forwards, modules, device))
+    return result
+
+
+def _merged_case(tokens: int, settings: Settings) -> dict:
+    """A 256-wide transformer block (SAM 3's encoder/decoder width): merged LoRA against no LoRA."""
+    from sam3_lora_kit.lora import inject_lora, merge_lora
+
+    device = settings.device
+    torch.manual_seed(0)
+    base = nn.TransformerEncoderLayer(256, 8, 2048, dropout=0.0, batch_first=True, device=device).requires_grad_(False)
+    merged = copy.deepcopy(base)
+    inject_lora(merged, ["self_attn", "linear1", "linear2"], rank=8, alpha=16)
+    _randomise_lora(merged)
+    merge_lora(merged)
+    merged.requires_grad_(False)
+    x = torch.randn(1, tokens, 256, device=device, requires_grad=True)
+    grad = torch.randn(1, tokens, 256, device=device)
+    out = {"tokens": tokens, "embed_dim": 256, "rank": 8}
+    train = {name: _train_step(module, x, grad) for name, module in (("base", base), ("merged", merged))}
+    out["train"] = summarise(interleaved_times(train, settings), "base")
+    x_eval = x.detach()
+
+    def inference(module: nn.Module):
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return module(x_eval)
+        return run
+
+    base.eval(), merged.eval()
+    infer = {"base": inference(base), "merged": inference(merged)}
+    out["inference"] = summarise(interleaved_times(infer, settings), "base")
+    return out
+
+
+def _mha_case(embed_dim: int, heads: int, tokens: int, rank: int, settings: Settings) -> dict:
+    from sam3_lora_kit.lora import LoRAMultiheadAttention
+
+    device = settings.device
+    torch.manual_seed(0)
+    base = nn.MultiheadAttention(embed_dim, heads, batch_first=True, device=device).requires_grad_(False)
+    ours = LoRAMultiheadAttention(copy.deepcopy(base), rank, 2 * rank, targets=("q", "k", "v", "out"))
+    peft = _peft_wrap(copy.deepcopy(base), rank, 2 * rank)
+    _randomise_lora(ours), _randomise_lora(peft)
+    x = torch.randn(1, tokens, embed_dim, device=device, requires_grad=True)
+    grad = torch.randn(1, tokens, embed_dim, device=device)
+    modules = {"base": base, "lora": ours, "peft": peft}
+    steps = {name: _train_step(module, x, grad, attention=True) for name, module in modules.items()}
+    forwards = {name: _forward(module, x, attention=True) for name, module in modules.items()}
+    times = interleaved_times(steps, settings)
+    result = {"embed_dim": embed_dim, "heads": heads, "tokens": tokens, "rank": rank,
+              "trainable": {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, m in modules.items()},
+              "vs_base": summarise(times, "base"), "vs_peft": summarise(times, "peft")}
+    result.update(_memory(steps, forwards, modules, device))
+    return result
+
+
+def grid(quick: bool) -> list[tuple[int, int, int, int, int]]:
+    """``(in, out, batch, rank, tokens)`` cases: rank sweep at batch 1, batch sweep at rank 8."""
+    if quick:
+        return [(i, o, 1, 8, TOKENS) for i, o in QUICK_SHAPES] + [(256, 2048, 1, 8, FEW_TOKENS)]
+    cases = [(i, o, 1, r, TOKENS) for i, o in SHAPES for r in FULL_RANKS]
+    cases += [(i, o, b, 8, TOKENS) for i, o in SHAPES for b in FULL_BATCHES if b != 1]
+    cases += [(256, 2048, b, 8, FEW_TOKENS) for b in FULL_BATCHES]
+    return cases
+
+
+def run(settings: Settings, log=print) -> dict:
+    linear = []
+    for in_features, out_features, batch, rank, tokens in grid(settings.quick):
+        log(f"  linear {in_features}x{out_features} batch {batch} rank {rank} tokens {tokens}")
+        other_path = rank == 8 and batch == 1 and (not settings.quick or (in_features, out_features) == (256, 2048))
+        linear.append(_linear_case(in_features, out_features, batch, rank, tokens, settings, with_inplace=other_path))
+    merged_tokens = [1024] if settings.quick else [1024, TOKENS]
+    merged = []
+    for tokens in merged_tokens:
+        log(f"  merged block, {tokens} tokens")
+        merged.append(_merged_case(tokens, settings))
+    mha = []
+    for tokens in ([1024] if settings.quick else [1024, TOKENS]):
+        log(f"  multi-head attention E=256, {tokens} tokens")
+        mha.append(_mha_case(256, 8, tokens, 8, settings))
+    return {
+        "parameters": {"tokens_per_image": TOKENS, "grid": grid(settings.quick), "merged_tokens": merged_tokens,
+                       "mha": {"embed_dim": 256, "heads": 8, "rank": 8, "targets": ["q", "k", "v", "out"]},
+                       "dtype": "float32", "goals": GOALS},
+        "linear": linear, "merged": merged, "mha": mha, "goals": evaluate_goals(linear, merged, mha),
+    }
+
+
+def evaluate_goals(linear: list[dict], merged: list[dict], mha: list[dict]) -> dict:
+    """Worst and median ratio over the cases for each goal, and whether the worst meets it."""
+
+    def entry(values: list[float], limit: float) -> dict:
+        return {"limit": limit, "worst": max(values), "median": statistics.median(values), "cases": len(values),
+                "cases_met": sum(v <= limit for v in values), "met": max(values) <= limit}
+
+    dense = [case for case in linear if case["tokens"] == TOKENS]
+    return {
+        "linear_vs_base": entry([c["vs_base"]["ratio"]["lora"] for c in dense], GOALS["linear_vs_base"]),
+        "linear_vs_peft": entry([c["vs_peft"]["ratio"]["lora"] for c in dense], GOALS["linear_vs_peft"]),
+        "mha_vs_peft": entry([c["vs_peft"]["ratio"]["lora"] for c in mha], GOALS["mha_vs_peft"]),
+        "merged_vs_base": entry([c[mode]["ratio"]["merged"] for c in merged for mode in ("train", "inference")], GOALS["merged_vs_base"]),
+    }
+
+
+GOAL_TEXT = {
+    "linear_vs_base": "LoRALinear / frozen nn.Linear (fwd+bwd, 5184 tokens/image)",
+    "linear_vs_peft": "LoRALinear / PEFT LoRA Linear",
+    "mha_vs_peft": "LoRAMultiheadAttention / PEFT MultiheadAttention LoRA",
+    "merged_vs_base": "merged LoRA block / block without LoRA (train and inference)",
+}
+
+
+def report(result: dict, out_dir) -> str:
+    """The Markdown section for ``result``; writes ``lora_layers.png`` into ``out_dir``."""
+    body = result["result"]
+    lines = [f"## {TITLE}", "", f"Ratios are medians over repeats of paired ratios (variants interleaved, same run); "
+             f"times are medians in ms; memory is what autograd saves for backward (MiB)."]
+    lines += ["", "### Goals", ""]
+    rows = [[GOAL_TEXT[key], f"<= {g['limit']:.2f}", fmt_ratio(g["median"]), fmt_ratio(g["worst"]),
+             f"{g['cases_met']}/{g['cases']}", "yes" if g["met"] else "no"] for key, g in body["goals"].items()]
+    lines.append(markdown_table(["goal", "limit", "median", "worst", "cases met", "met"], rows))
+    lines += ["", "### LoRALinear (rank sweep, batch sweep)", ""]
+    rows = []
+    for c in body["linear"]:
+        med, base_r, peft_r = c["vs_base"]["median_s"], c["vs_base"]["ratio"], c["vs_peft"]["ratio"]
+        other = next((k for k in med if k.startswith("lora_") and k != "lora"), None)
+        rows.append([f"{c['in_features']}x{c['out_features']}", c["batch"], c["tokens"], c["rank"], c["lora_path"],
+                     fmt_ms(med["base"]), fmt_ms(med["lora"]), fmt_ms(med["peft"]),
+                     fmt_ratio(base_r["lora"]), fmt_ratio(base_r["peft"]), fmt_ratio(peft_r["lora"]),
+                     f"{other[5:]} {fmt_ratio(base_r[other])}" if other else "",
+                     fmt_mib(c["saved_bytes"]["lora"]), fmt_mib(c["saved_bytes"]["peft"])])
+    lines.append(markdown_table(["in x out", "batch", "tokens", "rank", "kit path", "base ms", "kit ms", "PEFT ms",
+                                 "kit/base", "PEFT/base", "kit/PEFT", "other path /base", "kit saved MiB", "PEFT saved MiB"], rows))
+    lines += ["", "### Merged LoRA against no LoRA (256-wide transformer block, rank 8)", ""]
+    rows = [[c["tokens"], mode, fmt_ms(c[mode]["median_s"]["base"]), fmt_ms(c[mode]["median_s"]["merged"]),
+             fmt_ratio(c[mode]["ratio"]["merged"])] for c in body["merged"] for mode in ("train", "inference")]
+    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base"], rows))
+    lines += ["", "### Multi-head attention (E=256, 8 heads, rank 8, self-attention, fwd+bwd)", ""]
+    rows = [[c["tokens"], fmt_ms(c["vs_base"]["median_s"]["base"]), fmt_ms(c["vs_base"]["median_s"]["lora"]),
+             fmt_ms(c["vs_base"]["median_s"]["peft"]), fmt_ratio(c["vs_base"]["ratio"]["lora"]),
+             fmt_ratio(c["vs_base"]["ratio"]["peft"]), fmt_ratio(c["vs_peft"]["ratio"]["lora"]),
+             f"{c['trainable']['lora']:,} / {c['trainable']['peft']:,}",
+             f"{fmt_mib(c['saved_bytes']['lora'])} / {fmt_mib(c['saved_bytes']['peft'])} / {fmt_mib(c['saved_bytes']['base'])}"]
+            for c in body["mha"]]
+    lines.append(markdown_table(["tokens", "base ms", "kit ms", "PEFT ms", "kit/base", "PEFT/base", "kit/PEFT",
+                                 "trainable kit / PEFT", "saved MiB kit / PEFT / base"], rows))
+    lines.append("\nThe kit adapts q, k, v with one rank-8 factor pair each; PEFT adapts the packed in_proj with one.")
+    _plot(body, out_dir / "lora_layers.png")
+    lines += ["", "![LoRA layer cost relative to the frozen base](lora_layers.png)"]
+    return "\n".join(lines)
+
+
+def _plot(body: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c for c in body["linear"] if c["batch"] == 1 and c["rank"] == 8 and c["tokens"] == TOKENS]
+    ranks = sorted({c["rank"] for c in body["linear"]})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+    labels = [f"{c['in_features']}x{c['out_features']}" for c in cases]
+    positions = range(len(cases))
+    for offset, (name, label) in enumerate((("lora", "kit LoRALinear"), ("peft", "PEFT LoRA"))):
+        axes[0].bar([p + (offset - 0.5) * 0.4 for p in positions], [c["vs_base"]["ratio"][name] for c in cases], 0.4, label=label)
+    axes[0].axhline(1.0, color="black", linewidth=0.8)
+    axes[0].axhline(GOALS["linear_vs_base"], color="grey", linestyle="--", linewidth=0.8, label="goal 1.10")
+    axes[0].set_xticks(list(positions), labels, fontsize=8)
+    axes[0].set_ylabel("time / frozen base")
+    axes[0].set_title("rank 8, batch 1, 5184 tokens", fontsize=9)
+    axes[0].legend(fontsize=7)
+    if len(ranks) > 1:
+        for shape in sorted({(c["in_features"], c["out_features"]) for c in body["linear"]}):
+            sweep = sorted((c for c in body["linear"] if (c["in_features"], c["out_features"]) == shape and c["batch"] == 1
+                            and c["tokens"] == TOKENS), key=lambda c: c["rank"])
+            if len(sweep) > 1:
+                axes[1].plot([c["rank"] for c in sweep], [c["vs_base"]["ratio"]["lora"] for c in sweep], marker="o", label=f"{shape[0]}x{shape[1]}")
+        axes[1].set_xscale("log", base=2)
+        axes[1].set_xlabel("rank")
+        axes[1].set_ylabel("kit time / frozen base")
+        axes[1].legend(fontsize=7)
+    else:
+        axes[1].text(0.5, 0.5, "rank sweep: full run only", ha="center", va="center")
+        axes[1].set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

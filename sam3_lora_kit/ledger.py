@@ -1,0 +1,164 @@
+"""The cost ledger: every ``run_summary.json`` under a folder gathered into one table and one plot.
+
+``sam3-lora ledger RUNS_DIR [--out DIR]`` writes ``ledger.csv``, ``ledger.md`` and ``ledger.png``
+(mAP gain against trainable parameters and against peak memory). Summaries come from the
+trainer and the evaluation (``sam3_lora_kit.train``); every field is optional here, so runs from
+older or newer versions, or runs never evaluated, still get a row.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "collect_runs", "write_ledger", "register"]
+
+SUMMARY_FILE = "run_summary.json"
+
+# (column, header in Markdown)
+COLUMNS = [
+    ("run", "run"),
+    ("model_size", "model"),
+    ("preset", "preset"),
+    ("rank", "rank"),
+    ("image_size", "image px"),
+    ("device", "device"),
+    ("precision", "precision"),
+    ("steps", "steps"),
+    ("trainable_params", "trainable params"),
+    ("trainable_percent", "trainable %"),
+    ("adapter_mb", "adapter MiB"),
+    ("peak_memory_mb", "peak memory MiB"),
+    ("seconds_per_step", "s/step"),
+    ("map_before", "mAP before"),
+    ("map_after", "mAP after"),
+    ("map_gain", "mAP gain"),
+]
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, text, NaN)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
+    """One ledger row from one summary; fields absent from the summary stay None."""
+    row: dict[str, Any] = {name: summary.get(name) for name, _ in COLUMNS}
+    row["run"] = run
+    adapter_bytes, peak_bytes = _number(summary.get("adapter_bytes")), _number(summary.get("peak_memory_bytes"))
+    if row["adapter_mb"] is None and adapter_bytes is not None:
+        row["adapter_mb"] = adapter_bytes / 2**20
+    if row["peak_memory_mb"] is None and peak_bytes is not None:
+        row["peak_memory_mb"] = peak_bytes / 2**20
+    before, after = _number(summary.get("map_before")), _number(summary.get("map_after"))
+    row["map_gain"] = after - before if before is not None and after is not None else None
+    return row
+
+
+def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """A row per ``run_summary.json`` under ``runs_dir`` (sorted by path); unreadable files are skipped with a warning."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{runs_dir}: no such folder")
+    rows = []
+    for path in sorted(runs_dir.rglob(SUMMARY_FILE)):
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            print(f"sam3-lora ledger: skipping {path}: not valid JSON ({error})", file=sys.stderr)
+            continue
+        if not isinstance(summary, dict):
+            print(f"sam3-lora ledger: skipping {path}: not a JSON object", file=sys.stderr)
+            continue
+        run = path.parent.relative_to(runs_dir).as_posix()
+        rows.append(_row(summary, run if run != "." else runs_dir.name))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(_cell(row[name]) for name, _ in COLUMNS) + " |" for row in rows]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """mAP gain against trainable parameters (log) and against peak memory, one point per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=80)
+    for axis, key, label, log in ((axes[0], "trainable_params", "trainable parameters", True),
+                                  (axes[1], "peak_memory_mb", "peak memory (MiB)", False)):
+        points = [(_number(r[key]), r["map_gain"], r["run"]) for r in rows]
+        points = [(x, y, run) for x, y, run in points if x is not None and y is not None]
+        if points:
+            axis.scatter([x for x, _, _ in points], [y for _, y, _ in points])
+            for x, y, run in points:
+                axis.annotate(run, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if log and all(x > 0 for x, _, _ in points):
+                axis.set_xscale("log")
+        else:
+            axis.text(0.5, 0.5, f"no run has {key}\nand map_before/map_after", ha="center", va="center", fontsize=8,
+                      transform=axis.transAxes)
+        axis.set_xlabel(label)
+        axis.set_ylabel("mAP gain (after - before)")
+    fig.suptitle(f"cost ledger: {len(rows)} runs", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_ledger(runs_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``ledger.csv``, ``ledger.md`` and ``ledger.png`` into ``out_dir`` (default ``runs_dir``)."""
+    rows = collect_runs(runs_dir)
+    if not rows:
+        raise ValueError(f"{runs_dir}: no {SUMMARY_FILE} found under this folder")
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "ledger.csv", "markdown": out / "ledger.md", "plot": out / "ledger.png"}
+    with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[name for name, _ in COLUMNS])
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    paths["markdown"].write_text(_markdown(rows), encoding="utf-8")
+    _plot(rows, paths["plot"])
+    return paths
+
+
+def _handle(args: argparse.Namespace) -> int:
+    paths = write_ledger(args.runs_dir, args.out)
+    rows = collect_runs(args.runs_dir)
+    print(paths["markdown"].read_text(encoding="utf-8"), end="")
+    print(f"{len(rows)} runs; wrote {paths['csv']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sam3-lora ledger RUNS_DIR [--out DIR]``."""
+    parser = subparsers.add_parser("ledger", help="gather every run_summary.json under a folder into a table and a plot")
+    parser.add_argument("runs_dir", help="folder searched recursively for run_summary.json")
+    parser.add_argument("--out", default=None, help="where ledger.csv, ledger.md and ledger.png go (default: RUNS_DIR)")
+    parser.set_defaults(handler=_handle)

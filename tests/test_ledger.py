@@ -1,0 +1,79 @@
+"""The cost ledger: summaries gathered into CSV, Markdown and a plot; missing fields tolerated."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from sam3_lora_kit.cli import main
+from sam3_lora_kit.ledger import collect_runs, write_ledger
+
+RUNS = {
+    "lora_r8": {"trainable_params": 1_200_000, "trainable_percent": 0.14, "adapter_bytes": 4_800_000,
+                "peak_memory_mb": 7_900.0, "seconds_per_step": 1.5, "map_before": 0.20, "map_after": 0.35,
+                "device": "cuda", "model_size": "full", "preset": "default", "rank": 8},
+    "nested/full_ft": {"trainable_params": 840_000_000, "peak_memory_bytes": 30 * 2**30, "map_before": 0.2,
+                       "map_after": 0.4, "device": "cuda", "model_size": "full"},
+    "tiny_no_eval": {"trainable_params": 10_000, "seconds_per_step": 0.2, "device": "cpu", "model_size": "tiny"},
+    "empty": {},
+}
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    for name, summary in RUNS.items():
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return tmp_path / "runs"
+
+
+@pytest.mark.parametrize("run,field,expected", [
+    ("lora_r8", "map_gain", pytest.approx(0.15)),
+    ("lora_r8", "adapter_mb", pytest.approx(4_800_000 / 2**20)),
+    ("nested/full_ft", "peak_memory_mb", pytest.approx(30 * 1024)),
+    ("nested/full_ft", "map_gain", pytest.approx(0.2)),
+    ("tiny_no_eval", "map_gain", None),
+    ("empty", "trainable_params", None),
+])
+def test_rows_derive_and_tolerate_missing_fields(runs_dir, run, field, expected):
+    rows = {row["run"]: row for row in collect_runs(runs_dir)}
+    assert set(rows) == set(RUNS)
+    assert rows[run][field] == expected
+
+
+def test_cli_writes_csv_markdown_and_plot(runs_dir, tmp_path, capsys):
+    out = tmp_path / "ledger"
+    assert main(["ledger", str(runs_dir), "--out", str(out)]) == 0
+    with (out / "ledger.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(RUNS) and {"trainable_params", "map_gain", "peak_memory_mb"} <= set(rows[0])
+    markdown = (out / "ledger.md").read_text(encoding="utf-8").splitlines()
+    assert markdown[0].startswith("| run |") and len(markdown) == 2 + len(RUNS)
+    assert (out / "ledger.png").read_bytes()[:4] == b"\x89PNG"
+    assert "4 runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_bad_summary_is_skipped_with_its_name(runs_dir, content, capsys):
+    bad = runs_dir / "broken" / "run_summary.json"
+    bad.parent.mkdir()
+    bad.write_text(content, encoding="utf-8")
+    assert len(collect_runs(runs_dir)) == len(RUNS)
+    assert str(bad) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", ["missing", "no_summaries"])
+def test_errors_are_one_line(tmp_path, make, capsys):
+    target = tmp_path / "nothing_here"
+    if make == "no_summaries":
+        target.mkdir()
+    assert main(["ledger", str(target)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(target) in err
+
+
+def test_default_out_is_runs_dir(runs_dir):
+    paths = write_ledger(runs_dir)
+    assert all(path.parent == runs_dir and path.is_file() for path in paths.values())
