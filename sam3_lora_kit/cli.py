@@ -15,6 +15,7 @@ import sys
 _COMMAND_MODULES = (
     "sam3_lora_kit.data.commands",
     "sam3_lora_kit.train.commands",
+    "sam3_lora_kit.evaluate.commands",
     "sam3_lora_kit.ledger",
 )
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one line for users, the traceback with --debug
         if args.debug:
             raise
-        print(f"sam3-lora {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split()) or type(error).__name__  # always one line
+        print(f"sam3-lora {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

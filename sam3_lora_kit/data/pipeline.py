@@ -56,12 +56,22 @@ class SplitTracker:
                 quirks.add("same_source_between_splits", f"{seen[0]}/{seen[1]} ~ {here}")
 
 
+# What each data-losing quirk is, said as a problem (the quirk messages say what the lenient mode did).
+STRICT_PROBLEMS = {
+    "short_polygon": "polygon with fewer than 3 points",
+    "empty_mask": "annotation whose mask is empty after clipping",
+    "missing_image": "image listed but missing on disk",
+    "orphan_label": "label file without an image",
+}
+
+
 def check_strict(quirks: QuirkLog, before: dict[str, int]) -> None:
     """Raise on the first new quirk that lost data (used with ``strict=True``)."""
     for quirk in quirks.sorted():
         if quirk.severity in ("dropped", "fatal") and quirk.count > before.get(quirk.code, 0):
             example = quirk.examples[-1] if quirk.examples else "export"
-            raise DataError(example, f"{quirk.message} (strict mode)")
+            problem = STRICT_PROBLEMS.get(quirk.code, quirk.message)
+            raise DataError(example, f"{problem} (an error in strict mode; without --strict it is dropped and reported)")
 
 
 def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTracker, quirks: QuirkLog,

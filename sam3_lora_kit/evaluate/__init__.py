@@ -1,0 +1,32 @@
+"""Evaluation and inference: COCO mAP (segm, bbox; overall and per class), prompt discrimination, ``predict``.
+
+Names are imported on first use, so ``import sam3_lora_kit.evaluate`` costs nothing.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "evaluate_coco": "sam3_lora_kit.evaluate.run",
+    "iter_predictions": "sam3_lora_kit.evaluate.run",
+    "load_image": "sam3_lora_kit.evaluate.run",
+    "load_model": "sam3_lora_kit.evaluate.run",
+    "predict": "sam3_lora_kit.evaluate.run",
+    "coco_ground_truth": "sam3_lora_kit.evaluate.coco",
+    "coco_map": "sam3_lora_kit.evaluate.coco",
+    "format_metrics": "sam3_lora_kit.evaluate.coco",
+    "predictions_to_coco_results": "sam3_lora_kit.evaluate.coco",
+    "prompt_discrimination": "sam3_lora_kit.evaluate.coco",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
