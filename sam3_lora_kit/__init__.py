@@ -5,7 +5,7 @@ data-only commands (``sam3-lora convert``/``inspect``) never load torch.
 """
 from __future__ import annotations
 
-import importlib
+from sam3_lora_kit._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -24,13 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sam3_lora_kit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

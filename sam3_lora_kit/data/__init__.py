@@ -4,8 +4,7 @@ Names are imported on first use, so ``import sam3_lora_kit.data`` costs nothing.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sam3_lora_kit._lazy import lazy_exports
 
 _EXPORTS = {
     "DataError": "sam3_lora_kit.data.errors",
@@ -20,13 +19,4 @@ _EXPORTS = {
     "sample_data_dir": "sam3_lora_kit.data.sample",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ costs nothing.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sam3_lora_kit._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "sam3_lora_kit.train.config",
@@ -27,13 +26,4 @@ _EXPORTS = {
     "TrainOutOfMemoryError": "sam3_lora_kit.train.errors",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,7 @@
 """Pictures: ``show_masks`` draws one mask overlay, ``MaskBrowser`` is a thin widget over it, ``plot_training_curves`` draws a run's metrics."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sam3_lora_kit._lazy import lazy_exports
 
 _EXPORTS = {
     "show_masks": "sam3_lora_kit.viz.masks",
@@ -11,9 +10,4 @@ _EXPORTS = {
     "plot_training_curves": "sam3_lora_kit.viz.curves",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
