@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                         repeats=args.repeats or (3 if args.quick else 5), warmup=1)
     args.out.mkdir(parents=True, exist_ok=True)
     for module in load(args.only):
-        reason = module.available()
+        reason = module.available() or (None if not args.quick or getattr(module, "QUICK", True) else "not part of --quick")
         if reason:
             print(f"benchmarks: skipping {module.NAME}: {reason}")
             continue

@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BENCHMARKS = ("benchmarks.lora_layers",)
+BENCHMARKS = ("benchmarks.lora_layers", "benchmarks.train_step", "benchmarks.sam3_presets", "benchmarks.converter",
+              "benchmarks.notebooks")
 
 
 def load(names: list[str] | None = None) -> list[ModuleType]:

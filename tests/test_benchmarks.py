@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repository root
-from benchmarks import lora_layers  # noqa: E402
+from benchmarks import converter, lora_layers, registry, train_step  # noqa: E402
 from benchmarks.common import summarise  # noqa: E402
 
 
@@ -50,7 +50,75 @@ def test_quick_json_structure(quick_results):
 def test_quick_readme_and_plot(quick_results):
     readme = (quick_results / "README.md").read_text(encoding="utf-8")
     assert "| goal | limit |" in readme and "lora_layers.png" in readme
-    assert (quick_results / "lora_layers.png").read_bytes()[:4] == b"\x89PNG"
+    for plot in ("lora_layers.png", "train_step.png", "converter.png"):
+        assert plot in readme
+        assert (quick_results / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_skips_notebooks(quick_results):
+    assert not (quick_results / "notebooks.json").exists()
+
+
+def test_quick_train_step(quick_results):
+    body = json.loads((quick_results / "train_step.json").read_text(encoding="utf-8"))["result"]
+    runs = {run["config"]["preset"]: run for run in body["runs"]}
+    assert set(runs) == {"all-attn", "full"} and all(run["config"]["size"] == "tiny" for run in runs.values())
+    for run in runs.values():
+        assert run["status"] == "ok", run.get("log_tail")
+        assert run["s_per_step"] > 0 and run["peak_rss"] > run["param_bytes"]
+        model = run["memory_model"]
+        assert model["weights"] == run["param_bytes"] and model["adamw"] == 2 * run["trainable_bytes"]
+        assert model["activations"] > 0 and model["predicted_peak"] > 0
+    assert runs["full"]["params_trainable"] == runs["full"]["params_total"]
+    assert 0 < runs["all-attn"]["params_trainable"] < runs["full"]["params_trainable"] / 10
+    assert body["ratios"][0]["full_over_lora_memory"] > 0
+
+
+def test_quick_presets(quick_results):
+    body = json.loads((quick_results / "sam3_presets.json").read_text(encoding="utf-8"))["result"]
+    assert body["parameters"]["size"] == "tiny" and body["checkpoint_bytes"] > 0
+    for row in body["presets"].values():
+        assert 0 < row["trainable"] < row["total"] and row["adapter_bytes"] > 4 * row["trainable"]
+
+
+def test_quick_converter(quick_results):
+    body = json.loads((quick_results / "converter.json").read_text(encoding="utf-8"))["result"]
+    assert {run["format"] for run in body["runs"]} == {"yolo", "voc"}
+    for run in body["runs"]:
+        assert run["kit"]["returncode"] == 0 and run["supervision"]["returncode"] == 0, run["kit"]["stderr_tail"]
+        assert run["counts_equal"] and run["kit"]["counts"]["images"] == run["images"]
+        assert run["kit"]["peak_rss"] > 0 and run["supervision"]["peak_rss"] > 0
+
+
+@pytest.mark.parametrize("train_images", [1, 45])
+def test_converter_inputs(tmp_path, train_images):
+    from sam3_lora_kit.data import convert_roboflow, sample_data_dir
+
+    made = converter.make_yolo_input(sample_data_dir() / "yolo-segmentation", tmp_path / "yolo", train_images)
+    converter.make_voc_input(tmp_path / "yolo", tmp_path / "voc")
+    for fmt in ("yolo", "voc"):
+        convert_roboflow(tmp_path / fmt, tmp_path / f"out-{fmt}", format=fmt)
+        counts = converter.kit_counts(tmp_path / f"out-{fmt}")
+        assert counts == {"images": made["images"], "annotations": made["instances"]}, fmt
+
+
+@pytest.mark.parametrize("act_ckpt,steps,expected_gib", [
+    (False, 1, 1 + 4 + max(32 * 0.1 + 0.5, 4 + 8)),  # one step: weights + max(activations, grads + AdamW)
+    (False, 2, 1 + 4 + 8 + max(32 * 0.1 + 0.5, 4)),  # steady state: weights + AdamW + max(activations, grads)
+    (True, 2, 1 + 4 + 8 + max(32 * 0.01 + 0.1 + 0.5, 4)),  # checkpointed: block inputs + one block recomputed
+])
+def test_memory_model(act_ckpt, steps, expected_gib):
+    gib = 2**30
+    row = {"status": "ok", "config": {"act_ckpt": act_ckpt, "warmup": steps - 1, "steps": 1},
+           "param_bytes": 4 * gib, "trainable_bytes": 4 * gib, "rss_after_build": 5 * gib, "rss_after_import": gib // 2,
+           "vit_blocks": 32, "vit_block_saved_bytes": 0.1 * gib, "vit_block_input_bytes": 0.01 * gib,
+           "saved_forward_bytes": (32 * (0.01 if act_ckpt else 0.1) + 0.5) * gib, "peak_rss": 10 * gib}
+    assert train_step.memory_model(row)["predicted_peak"] / gib == pytest.approx(expected_gib)
+
+
+def test_registry_lists_every_benchmark():
+    names = {module.NAME for module in registry.load()}
+    assert names == {"lora_layers", "train_step", "sam3_presets", "converter", "notebooks"}
 
 
 @pytest.mark.parametrize("in_features,out_features", lora_layers.SHAPES)

@@ -1,0 +1,288 @@
+"""Converter throughput and peak memory: ``sam3-lora convert`` against supervision's loaders + COCO export.
+
+The input is the bundled YOLOv8-segmentation sample (``data/sample/yolo-segmentation``)
+replicated into ``train/`` to N images (hard links, so only the label files cost disk), and a
+Pascal VOC export generated from it (one XML per image, boxes from the polygons' extents,
+images hard-linked). Each converter runs end to end as its own process, one after the other:
+
+- kit: ``python -m sam3_lora_kit.cli convert SRC DST --format yolo|voc`` (images copied: the
+  output is a self-contained dataset);
+- supervision: ``sv.DetectionDataset.from_yolo(...)`` / ``from_pascal_voc(...)`` then
+  ``.as_coco(annotations_path=...)`` per split (annotations only; images not written).
+
+Reported: images/s and instances/s over the whole command (interpreter start and imports
+included), peak RSS (the process's ``VmHWM``), the kit/supervision ratios, and image and
+annotation counts of both outputs, which must be equal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks.measure import measure_module  # standard library only: the supervision worker must not import torch
+
+if TYPE_CHECKING:
+    from benchmarks.common import Settings
+
+NAME = "converter"
+TITLE = "Converter: sam3-lora convert against supervision (YOLO-seg and VOC to COCO)"
+
+FULL_SIZES = [1000, 4000]  # train images; memory at two sizes shows whether it grows with the dataset
+QUICK_SIZES = [200]
+SPLITS = ("train", "valid", "test")
+GOALS = {"throughput_vs_supervision": 3.0, "peak_gb_1570_images": 0.5}
+
+
+def available() -> str | None:
+    try:
+        import supervision  # noqa: F401
+    except ImportError:
+        return "supervision is not installed"
+    return None
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system: copy
+        shutil.copyfile(src, dst)
+
+
+def make_yolo_input(sample: Path, root: Path, train_images: int) -> dict:
+    """The sample with ``train/`` replicated to ``train_images`` images; returns image and instance counts."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sample / "data.yaml", root / "data.yaml")
+    counts = {"images": 0, "instances": 0}
+    for split in SPLITS:
+        images = sorted((sample / split / "images").iterdir())
+        total = train_images if split == "train" else len(images)
+        for index in range(total):
+            image = images[index % len(images)]
+            stem = image.stem if split != "train" else f"r{index:05d}_{image.stem}"
+            label = sample / split / "labels" / f"{image.stem}.txt"
+            _link(image, root / split / "images" / f"{stem}{image.suffix}")
+            _link(label, root / split / "labels" / f"{stem}.txt")
+            counts["images"] += 1
+            counts["instances"] += sum(1 for line in label.read_text().splitlines() if line.strip())
+    return counts
+
+
+def make_voc_input(yolo_root: Path, root: Path) -> None:
+    """A Pascal VOC export of ``yolo_root``: per image an XML with each polygon's bounding box."""
+    import yaml
+    from PIL import Image
+
+    names = yaml.safe_load((yolo_root / "data.yaml").read_text())["names"]
+    sizes: dict[int, tuple[int, int]] = {}
+    for split in SPLITS:
+        for image in sorted((yolo_root / split / "images").iterdir()):
+            key = image.stat().st_ino  # replicas are hard links: read each image's size once
+            if key not in sizes:
+                with Image.open(image) as opened:
+                    sizes[key] = opened.size
+            width, height = sizes[key]
+            objects = []
+            for line in (yolo_root / split / "labels" / f"{image.stem}.txt").read_text().splitlines():
+                values = line.split()
+                if not values:
+                    continue
+                xs = [float(v) * width for v in values[1::2]]
+                ys = [float(v) * height for v in values[2::2]]
+                objects.append(f"<object><name>{names[int(values[0])]}</name><bndbox><xmin>{min(xs):.1f}</xmin>"
+                               f"<ymin>{min(ys):.1f}</ymin><xmax>{max(xs):.1f}</xmax><ymax>{max(ys):.1f}</ymax></bndbox></object>")
+            _link(image, root / split / image.name)
+            (root / split / f"{image.stem}.xml").write_text(
+                f"<annotation><filename>{image.name}</filename><size><width>{width}</width><height>{height}</height>"
+                f"<depth>3</depth></size>{''.join(objects)}</annotation>\n", encoding="utf-8")
+
+
+def supervision_convert(fmt: str, src: Path, dst: Path) -> dict:
+    """supervision's loader and COCO export, split by split; returns the counts it wrote."""
+    import supervision as sv
+
+    counts = {"images": 0, "annotations": 0}
+    for split in SPLITS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "yolo":
+                dataset = sv.DetectionDataset.from_yolo(str(src / split / "images"), str(src / split / "labels"),
+                                                        str(src / "data.yaml"))
+            else:
+                dataset = sv.DetectionDataset.from_pascal_voc(str(src / split), str(src / split))
+            path = dst / split / "_annotations.coco.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dataset.as_coco(annotations_path=str(path))
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        counts["images"] += len(doc["images"])
+        counts["annotations"] += len(doc["annotations"])
+    return counts
+
+
+def kit_counts(dst: Path) -> dict:
+    counts = {"images": 0, "annotations": 0}
+    for split in SPLITS:
+        path = dst / split / "_annotations.coco.json"
+        if path.exists():
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            counts["images"] += len(doc["images"])
+            counts["annotations"] += len(doc["annotations"])
+    return counts
+
+
+def run(settings: Settings, log=print) -> dict:
+    from sam3_lora_kit.data import sample_data_dir
+
+    sample = sample_data_dir() / "yolo-segmentation"
+    rows = []
+    for train_images in QUICK_SIZES if settings.quick else FULL_SIZES:
+        with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+            tmp = Path(tmp)
+            made = make_yolo_input(sample, tmp / "yolo", train_images)
+            make_voc_input(tmp / "yolo", tmp / "voc")
+            for fmt in ("yolo", "voc"):
+                src = tmp / fmt
+                kit_out, sv_out = tmp / f"kit-{fmt}", tmp / f"sv-{fmt}"
+                kit = measure_module("sam3_lora_kit.cli", ["convert", str(src), str(kit_out), "--format", fmt, "--overwrite"])
+                kit["counts"] = kit_counts(kit_out)
+                sv = measure_module("benchmarks.converter", ["--supervision", fmt, str(src), str(sv_out)])
+                sv_doc = sv_out / "counts.json"
+                sv_figures = json.loads(sv_doc.read_text()) if sv_doc.exists() else {}
+                sv["import_s"], sv["convert_s"] = sv_figures.pop("import_s", None), sv_figures.pop("convert_s", None)
+                sv["counts"] = sv_figures or None
+                row = {"format": fmt, "images": made["images"], "instances": made["instances"], "kit": kit, "supervision": sv}
+                for side in (kit, sv):
+                    side["images_per_s"] = made["images"] / side["wall_s"]
+                    side["instances_per_s"] = made["instances"] / side["wall_s"]
+                row["counts_equal"] = kit["counts"] == sv["counts"]
+                row["throughput_ratio"] = sv["wall_s"] / kit["wall_s"]  # kit images/s over supervision's
+                # the same, with supervision's import time removed from its side only (conservative for the kit)
+                row["throughput_ratio_sv_without_import"] = (sv["convert_s"] / kit["wall_s"]) if sv.get("convert_s") else None
+                row["memory_ratio"] = (kit["peak_rss"] / sv["peak_rss"]) if kit["peak_rss"] and sv["peak_rss"] else None
+                rows.append(row)
+                log(f"  {fmt:<4} {made['images']:>5} images: kit {kit['images_per_s']:.0f} img/s "
+                    f"{(kit['peak_rss'] or 0) / 2**20:.0f} MiB, supervision {sv['images_per_s']:.0f} img/s "
+                    f"{(sv['peak_rss'] or 0) / 2**20:.0f} MiB, x{row['throughput_ratio']:.2f}, counts equal: {row['counts_equal']}")
+    return {"parameters": {"sample": str(sample), "sizes": QUICK_SIZES if settings.quick else FULL_SIZES,
+                           "goals": GOALS, "supervision_backend": _sv_backend()},
+            "runs": rows, "goals": goals(rows)}
+
+
+def _sv_backend() -> str:
+    try:
+        import cv2  # noqa: F401
+        return "opencv"
+    except ImportError:
+        return "numpy fallback (opencv-python not installed)"
+
+
+def goals(rows: list[dict]) -> dict:
+    ratios = [row["throughput_ratio_sv_without_import"] or row["throughput_ratio"] for row in rows]
+    largest = max((row["images"] for row in rows), default=0)
+    peaks = [row["kit"]["peak_rss"] for row in rows if row["images"] == largest and row["kit"]["peak_rss"]]
+    by_size = {}
+    for row in rows:
+        if row["kit"]["peak_rss"]:
+            by_size.setdefault(row["format"], {})[row["images"]] = row["kit"]["peak_rss"]
+    growth = {fmt: sizes[max(sizes)] / sizes[min(sizes)] for fmt, sizes in by_size.items() if len(sizes) > 1}
+    return {"throughput_vs_supervision": {"limit": GOALS["throughput_vs_supervision"], "value": min(ratios) if ratios else None,
+                                          "met": bool(ratios) and min(ratios) >= GOALS["throughput_vs_supervision"],
+                                          "note": "worst case; supervision's import time excluded, the kit's included"},
+            "peak_gb_1570_images": {"limit": GOALS["peak_gb_1570_images"], "value": max(peaks) / 1e9 if peaks else None,
+                                    "met": bool(peaks) and max(peaks) / 1e9 <= GOALS["peak_gb_1570_images"],
+                                    "note": f"measured at {largest} images"},
+            "kit_peak_growth": {"limit": None, "value": growth, "met": None,
+                                "note": "kit peak RSS at the largest size over the smallest, per format"}}
+
+
+def report(result: dict, out_dir) -> str:
+    from benchmarks.common import markdown_table
+
+    body = result["result"]
+    rows = []
+    for row in body["runs"]:
+        kit, sv = row["kit"], row["supervision"]
+        mib = lambda v: "n/a" if not v else f"{v / 2**20:.0f}"  # noqa: E731
+        rows.append([row["format"], f"{row['images']:,}", f"{row['instances']:,}",
+                     f"{kit['images_per_s']:.0f}", f"{sv['images_per_s']:.0f}", f"{kit['instances_per_s']:.0f}",
+                     f"{sv['instances_per_s']:.0f}", f"{row['throughput_ratio']:.2f}",
+                     "n/a" if row.get("throughput_ratio_sv_without_import") is None else f"{row['throughput_ratio_sv_without_import']:.2f}", mib(kit["peak_rss"]), mib(sv["peak_rss"]),
+                     "n/a" if row["memory_ratio"] is None else f"{row['memory_ratio']:.2f}",
+                     f"{kit['counts']['images']}/{kit['counts']['annotations']}" if kit["counts"] else "n/a",
+                     f"{sv['counts']['images']}/{sv['counts']['annotations']}" if sv["counts"] else "n/a",
+                     "yes" if row["counts_equal"] else "**no**"])
+    lines = [f"## {TITLE}", "",
+             "Each converter runs as its own process, end to end (interpreter start and imports included); peak RSS is the "
+             "process's `VmHWM`. \"same, sv import excluded\" removes supervision's import time from its side only. The kit copies the images into its output; supervision writes annotations only. "
+             f"supervision's image backend here: {body['parameters']['supervision_backend']}.", "",
+             markdown_table(["format", "images", "instances", "kit img/s", "sv img/s", "kit inst/s", "sv inst/s",
+                             "kit / sv throughput", "same, sv import excluded", "kit MiB", "sv MiB", "kit / sv memory", "kit images/anns",
+                             "sv images/anns", "counts equal"], rows), "", "### Goals", ""]
+    goal_rows = []
+    for key, goal in body["goals"].items():
+        value = goal["value"]
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in value.items()) if isinstance(value, dict) else ("n/a" if value is None else f"{value:.2f}")
+        goal_rows.append([key, goal["limit"] if goal["limit"] is not None else "", shown or "n/a",
+                          {True: "yes", False: "no", None: ""}[goal["met"]], goal.get("note") or ""])
+    lines.append(markdown_table(["goal", "limit", "measured", "met", "note"], goal_rows))
+    plot = _plot(body, Path(out_dir))
+    if plot:
+        lines += ["", f"![converter throughput and memory]({plot})"]
+    return "\n".join(lines)
+
+
+def _plot(body: dict, out_dir: Path) -> str | None:
+    if not body["runs"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = body["runs"]
+    labels = [f"{r['format']}\n{r['images']}" for r in runs]
+    x = range(len(runs))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    width = 0.4
+    axes[0].bar([i - width / 2 for i in x], [r["kit"]["images_per_s"] for r in runs], width, label="sam3-lora convert")
+    axes[0].bar([i + width / 2 for i in x], [r["supervision"]["images_per_s"] for r in runs], width, label="supervision")
+    axes[0].set_ylabel("images / s")
+    axes[1].bar([i - width / 2 for i in x], [(r["kit"]["peak_rss"] or 0) / 2**20 for r in runs], width)
+    axes[1].bar([i + width / 2 for i in x], [(r["supervision"]["peak_rss"] or 0) / 2**20 for r in runs], width)
+    axes[1].set_ylabel("peak RSS (MiB)")
+    for ax in axes:
+        ax.set_xticks(list(x), labels)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    name = f"{NAME}.png"
+    fig.savefig(out_dir / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(description="supervision's side of the converter benchmark (internal)")
+    parser.add_argument("--supervision", choices=("yolo", "voc"), required=True)
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    args = parser.parse_args()
+    began = time.perf_counter()
+    import supervision  # noqa: F401  (timed apart: a long-lived program pays it once)
+
+    imported = time.perf_counter()
+    counts = supervision_convert(args.supervision, args.src, args.dst)
+    counts_doc = {**counts, "import_s": imported - began, "convert_s": time.perf_counter() - imported}
+    (args.dst / "counts.json").write_text(json.dumps(counts_doc), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,569 @@
+"""One training step of SAM 3, LoRA against full fine-tuning: seconds per step, peak memory, trainable parameters.
+
+Every configuration (model size, LoRA preset or ``full``, ViT activation checkpointing on or
+off) runs in its own process (``python -m benchmarks.train_step --worker JSON``), so its peak
+RSS is that process's alone: the parent reads it from ``os.wait4``'s resource usage, which also
+survives a child that the kernel killed. A sampler thread in the parent watches the child and
+the machine: when the machine's available memory falls under ``GUARD_BYTES`` it stops the
+child and records the configuration as out of memory rather than letting the kernel's OOM
+killer pick another process (children also raise their own ``oom_score_adj``).
+
+- ``--quick``: the tiny model on the CPU, LoRA (default preset) against full fine-tuning.
+- full run: the same, plus the full-size model (randomly initialised, official architecture)
+  at 504 px fp32 on the CPU (1008 px bf16 on CUDA, timed with CUDA events, peak by
+  ``torch.cuda.max_memory_allocated``), each LoRA preset with and without ViT activation
+  checkpointing, against full fine-tuning measured the same way, one at a time, within a
+  time budget (the default preset and full fine-tuning first).
+
+A memory model (weights + gradients + AdamW state + activations, from parameter counts and
+the bytes autograd saves) is computed for each configuration and set beside what was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.common import Settings, markdown_table
+
+NAME = "train_step"
+TITLE = "Training step: LoRA against full fine-tuning (SAM 3)"
+
+GIB = 2**30
+GUARD_BYTES = int(1.0 * GIB)  # stop a child when the machine has less than this available
+FULL_CPU_IMAGE_SIZE = 504  # 36 x 36 tokens: fits a 24 GB CPU machine
+FULL_CUDA_IMAGE_SIZE = 1008  # the official input size
+BUDGET_S = 20 * 60  # full-size configurations stop being started after this long
+GOALS = {"lora_peak_gb_1008_cuda": 8.0, "full_over_lora_memory": 3.0}
+
+
+def available() -> str | None:
+    try:
+        import psutil  # noqa: F401
+        import sam3  # noqa: F401
+    except ImportError as error:
+        return f"{error.name} is not installed"
+    return None
+
+
+# ----------------------------------------------------------------------------------- worker side
+def proc_status_bytes(pid: int | str = "self", field: str = "VmHWM") -> int:
+    """``VmHWM`` (peak resident set) or ``VmRSS`` of a process from ``/proc/<pid>/status``, in bytes.
+
+    ``VmHWM`` covers only the program the process runs now, unlike ``ru_maxrss``, which Linux
+    carries over from before ``exec`` (a child forked from a 1 GB parent starts at 1 GB).
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if pid == "self" else 0
+
+
+def _rss_bytes() -> int:
+    """Peak RSS of this process so far."""
+    return proc_status_bytes("self", "VmHWM")
+
+
+def _saved_bytes_hook():
+    """A ``saved_tensors_hooks`` pair counting each saved storage once (parameters excluded later)."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    return seen, pack
+
+
+def worker(spec: dict) -> dict:
+    """Build the model, set up the configuration in ``spec`` and time training steps; returns figures."""
+    import torch
+
+    from sam3_lora_kit.runtime import autocast_context, set_seed
+    from sam3_lora_kit.sam3 import BatchBuilder, apply_lora, build_loss, build_sam3, training_step_loss
+    from sam3_lora_kit.train.trainer import set_activation_checkpointing
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else None
+    set_seed(0)
+    out: dict = {"rss_after_import": proc_status_bytes("self", "VmRSS")}
+    began = time.perf_counter()
+    model = build_sam3(spec["size"], device=device, image_size=spec["image_size"])
+    out["build_s"] = time.perf_counter() - began
+    out["rss_after_build"] = proc_status_bytes("self", "VmRSS")
+    total = sum(p.numel() for p in model.parameters())
+    if spec["preset"] == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+    else:
+        apply_lora(model, spec["preset"], rank=spec["rank"], alpha=spec["alpha"])
+        total = sum(p.numel() for p in model.parameters())  # with the LoRA factors
+    set_activation_checkpointing(model, False)
+    for module in model.modules():  # the ViT only: the pixel decoder's checkpointing stays as built
+        if type(module).__name__ == "ViT":
+            module.use_act_checkpoint = spec["act_ckpt"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    out.update(params_total=total, params_trainable=trainable, percent_trainable=100.0 * trainable / total,
+               param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+               trainable_bytes=sum(p.numel() * p.element_size() for p in params))
+
+    from sam3_lora_kit.data import CocoSegmentationDataset, convert_roboflow, sample_data_dir
+
+    with tempfile.TemporaryDirectory() as tmp:  # the sample export, converted to clean COCO
+        convert_roboflow(sample_data_dir() / "coco-segmentation", Path(tmp) / "coco")
+        dataset = CocoSegmentationDataset(Path(tmp) / "coco", "train")
+        samples = [dataset[i] for i in range(spec["batch_size"])]
+    image_size = spec["image_size"] or int(model.image_size)
+    out["image_size"] = image_size
+    builder = BatchBuilder(list(dataset.category_names), image_size, seed=0)
+    batch = builder(samples)
+    if cuda:
+        from sam3.model.utils.misc import copy_data_to_device
+
+        batch = copy_data_to_device(batch, device)
+    loss_fn = build_loss(device)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    model.train()
+
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, pack = _saved_bytes_hook()
+    vit = next(m for m in model.modules() if type(m).__name__ == "ViT")
+    shapes: list[tuple] = []
+
+    def step(count: bool = False) -> float:
+        """One optimizer step; ``count``: tally what autograd saves in the forward (activation bytes
+        with this configuration's checkpointing; each storage once, parameters excluded)."""
+        optimizer.zero_grad(set_to_none=True)
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor) if count else contextlib.nullcontext()
+        handle = vit.blocks[0].register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+        with hooks, autocast_context(device, dtype):
+            loss = training_step_loss(model, batch, loss_fn)["core_loss"]
+        handle.remove()
+        if count:
+            out["saved_forward_bytes"] = sum(n for ptr, n in seen.items() if ptr not in param_ptrs)
+            out["rss_after_forward"] = proc_status_bytes("self", "VmRSS")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    times, losses = [], []
+    for index in range(spec["warmup"] + spec["steps"]):
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            losses.append(step(count=index == 0))
+            end.record()
+            torch.cuda.synchronize(device)
+            seconds = start.elapsed_time(end) / 1000.0
+        else:
+            start_s = time.perf_counter()
+            losses.append(step(count=index == 0))
+            seconds = time.perf_counter() - start_s
+        if index >= spec["warmup"]:
+            times.append(seconds)
+        out["rss_after_step_%d" % (index + 1)] = _rss_bytes()
+    out.update(times_s=times, losses=losses, s_per_step=statistics.median(times))
+    if cuda:
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)  # the last step's
+    out["peak_rss_self"] = _rss_bytes()
+    # One ViT block alone at the tokens it saw: the bytes it saves for backward (the model's unit).
+    seen.clear()
+    x = torch.randn(shapes[0], device=device, requires_grad=True)  # (B, H/14, W/14, C): block 0's input
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast_context(device, dtype):
+        y = vit.blocks[0](x)
+    out["vit_blocks"] = len(vit.blocks)
+    out["vit_block_saved_bytes"] = sum(n for ptr, n in seen.items() if ptr not in param_ptrs)
+    out["vit_block_input_bytes"] = x.numel() * (2 if cuda else 4)
+    out["vit_global_blocks"] = [i for i, b in enumerate(vit.blocks) if getattr(b, "window_size", 0) == 0]
+    del x, y
+    return out
+
+
+# ----------------------------------------------------------------------------------- parent side
+def _raise_oom_score() -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write("1000")  # if the kernel must kill, it kills the benchmark first
+    except OSError:
+        pass
+
+
+def run_config(spec: dict, timeout_s: float, log=print) -> dict:
+    """Run one configuration in a child process; returns its figures plus ``status`` and ``peak_rss``."""
+    import psutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "result.json"
+        log_path = Path(tmp) / "worker.log"
+        command = [sys.executable, "-m", "benchmarks.train_step", "--worker", json.dumps(spec), "--result", str(result_path)]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        began = time.perf_counter()
+        with open(log_path, "wb") as log_file:
+            child = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=log_file,
+                                     stderr=subprocess.STDOUT, env=env, preexec_fn=_raise_oom_score)
+        state = {"sampled_peak": 0, "hwm": 0, "min_available": None, "stopped": None, "done": False}
+
+        def sample() -> None:
+            try:
+                proc = psutil.Process(child.pid)
+            except psutil.Error:
+                return
+            while not state["done"]:
+                try:
+                    state["sampled_peak"] = max(state["sampled_peak"], proc.memory_info().rss)
+                except psutil.Error:
+                    return
+                state["hwm"] = max(state["hwm"], proc_status_bytes(child.pid, "VmHWM"))
+                available = psutil.virtual_memory().available
+                state["min_available"] = available if state["min_available"] is None else min(state["min_available"], available)
+                if available < GUARD_BYTES and not state["stopped"]:
+                    state["stopped"] = f"stopped by the benchmark: machine had {available / GIB:.2f} GiB available"
+                    child.kill()
+                if time.perf_counter() - began > timeout_s and not state["stopped"]:
+                    state["stopped"] = f"stopped by the benchmark: over {timeout_s:.0f} s"
+                    child.kill()
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        state["done"] = True
+        child.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
+        # peak_rss: the child's own VmHWM (reported by it, or the last sampled while it ran);
+        # ru_maxrss_wait4 also counts the parent's image copied by fork, so it is only an upper bound.
+        figures: dict = {"wall_s": time.perf_counter() - began, "peak_rss": state["hwm"],
+                         "ru_maxrss_wait4": usage.ru_maxrss * 1024, "peak_rss_sampled": state["sampled_peak"], "min_available": state["min_available"],
+                         "returncode": child.returncode}
+        if result_path.exists():
+            figures.update(json.loads(result_path.read_text(encoding="utf-8")))
+            figures["peak_rss"] = max(figures["peak_rss"], figures["peak_rss_self"])
+            figures["status"] = "ok"
+        elif state["stopped"]:
+            figures["status"] = "oom: " + state["stopped"] if "available" in state["stopped"] else state["stopped"]
+        elif child.returncode in (-9, 137):
+            figures["status"] = "oom: killed by SIGKILL (the kernel's OOM killer)"
+        else:
+            tail = log_path.read_text(encoding="utf-8", errors="replace")[-1500:]
+            figures["status"] = f"failed (exit {child.returncode})"
+            figures["log_tail"] = tail
+    log(f"  {spec['size']:<4} {spec['preset']:<13} act_ckpt={str(spec['act_ckpt']):<5} {figures['status']:<4} "
+        f"peak RSS {figures['peak_rss'] / GIB:.2f} GiB  step {figures.get('s_per_step', float('nan')):.2f} s  "
+        f"(wall {figures['wall_s']:.0f} s)")
+    return {"config": spec, **figures}
+
+
+def memory_model(row: dict) -> dict | None:
+    """Predicted peak (bytes) from parameter counts and saved-activation bytes, beside the measured one.
+
+    weights = all parameters x 4 B; gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B;
+    activations = ViT blocks x (block saved bytes, or block input bytes when checkpointed, plus
+    one block recomputed) + what the rest of the model saves (forward total minus the ViT part).
+    Steady state (after a first step): weights + AdamW + max(activations, gradients), since
+    activations are freed while gradients fill. A first step alone: weights + max(activations,
+    gradients + AdamW). Plus the process's runtime (RSS after the build less the weights).
+    """
+    if row.get("status") != "ok":
+        return None
+    weights = row["param_bytes"]
+    grads = row["trainable_bytes"]
+    adamw = 2 * row["trainable_bytes"]
+    blocks = row["vit_blocks"]
+    if row["config"]["act_ckpt"]:
+        vit_saved = blocks * row["vit_block_input_bytes"]
+        vit_peak = vit_saved + row["vit_block_saved_bytes"]
+    else:
+        vit_saved = vit_peak = blocks * row["vit_block_saved_bytes"]
+    rest = max(row["saved_forward_bytes"] - vit_saved, 0)
+    activations = vit_peak + rest
+    runtime = max(row["rss_after_build"] - weights, row["rss_after_import"])  # libraries, tokenizer, allocator
+    if row["config"]["warmup"] + row["config"]["steps"] > 1:
+        predicted = runtime + weights + adamw + max(activations, grads)
+    else:
+        predicted = runtime + weights + max(activations, grads + adamw)
+    return {"runtime": runtime, "weights": weights, "gradients": grads, "adamw": adamw,
+            "activations_per_vit_block": row["vit_block_saved_bytes"], "activations_vit": vit_peak,
+            "activations_rest": rest, "activations": activations, "predicted_peak": predicted,
+            "measured_peak": row["peak_rss"], "measured_over_predicted": row["peak_rss"] / predicted}
+
+
+def _configs(settings: Settings) -> list[dict]:
+    from sam3_lora_kit.sam3 import DEFAULT_PRESET, LORA_PRESETS
+
+    cuda = settings.device.type == "cuda"
+    base = {"rank": 8, "alpha": 16.0, "batch_size": 1, "threads": settings.threads, "device": str(settings.device)}
+    tiny_steps = {"warmup": 0, "steps": 1} if settings.quick else {"warmup": 1, "steps": settings.repeats}
+    tiny = [{**base, **tiny_steps, "size": "tiny", "image_size": None, "preset": preset, "act_ckpt": False}
+            for preset in (DEFAULT_PRESET, "full")]
+    if settings.quick:
+        return tiny
+    image_size = FULL_CUDA_IMAGE_SIZE if cuda else FULL_CPU_IMAGE_SIZE
+    steps = {"warmup": 1, "steps": 3} if cuda else {"warmup": 0, "steps": 1}  # one CPU step takes minutes
+    order = [(DEFAULT_PRESET, False), (DEFAULT_PRESET, True), ("full", False), ("full", True)]
+    order += [(preset, ckpt) for ckpt in (False, True) for preset in LORA_PRESETS if preset != DEFAULT_PRESET]
+    full = [{**base, **steps, "size": "full", "image_size": image_size, "preset": preset, "act_ckpt": ckpt}
+            for preset, ckpt in order]
+    return tiny + full
+
+
+def _estimate_need(spec: dict, lora_peak: float | None) -> float:
+    """Bytes a full-size configuration is expected to need (to wait for free memory before starting it)."""
+    if spec["preset"] == "full":
+        return 18 * GIB
+    return lora_peak or 9 * GIB
+
+
+def _wait_for_memory(need: float, log, wait_s: float = 120.0) -> tuple[bool, float]:
+    import psutil
+
+    deadline = time.perf_counter() + wait_s
+    while True:
+        available = psutil.virtual_memory().available
+        if available >= need + GUARD_BYTES or time.perf_counter() > deadline:
+            return available >= need + GUARD_BYTES, available
+        log(f"  waiting for memory: {available / GIB:.1f} GiB available, {need / GIB:.1f} GiB wanted")
+        time.sleep(10)
+
+
+def run(settings: Settings, log=print, budget_s: float = BUDGET_S) -> dict:
+    import psutil
+
+    began = time.perf_counter()
+    rows = []
+    for spec in _configs(settings):
+        if spec["size"] == "full":
+            if time.perf_counter() - began > budget_s:
+                rows.append({"config": spec, "status": f"not run: over the {budget_s / 60:.0f}-minute budget"})
+                continue
+            lora_peaks = [r["peak_rss"] for r in rows if r["config"]["size"] == "full" and r.get("status") == "ok"
+                          and r["config"]["preset"] != "full"]
+            need = _estimate_need(spec, max(lora_peaks) if lora_peaks else None)
+            ok, available = _wait_for_memory(need, log)
+            if not ok:
+                rows.append({"config": spec, "status": f"not run: {available / GIB:.1f} GiB available, about "
+                             f"{need / GIB:.0f} GiB needed", "available_at_start": available})
+                continue
+        row = run_config(spec, timeout_s=1800 if spec["size"] == "full" else 600, log=log)
+        row["available_at_start"] = psutil.virtual_memory().available
+        row["load_average_at_start"] = list(os.getloadavg())
+        row["memory_model"] = memory_model(row)
+        rows.append(row)
+    return {"parameters": {"rank": 8, "alpha": 16.0, "batch_size": 1, "optimizer": "AdamW (torch default, for-loop on CPU)",
+                           "full_image_size": FULL_CUDA_IMAGE_SIZE if settings.device.type == "cuda" else FULL_CPU_IMAGE_SIZE,
+                           "precision": "bf16 autocast" if settings.device.type == "cuda" else "fp32",
+                           "guard_bytes": GUARD_BYTES, "goals": GOALS,
+                           "note": "fusion encoder/decoder always checkpoint (sam3 requires it in training); "
+                                   "act_ckpt toggles the ViT's; the pixel decoder keeps its build setting"},
+            "runs": rows, "ratios": ratios(rows), "goals": goals(rows)}
+
+
+def _peak(row: dict) -> float:
+    return row.get("cuda_peak_bytes") or row["peak_rss"]
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Full fine-tuning against each LoRA run of the same size and checkpointing: memory and time ratios."""
+    out = []
+    for row in rows:
+        spec = row["config"]
+        if spec["preset"] == "full" or row.get("status") != "ok":
+            continue
+        full = next((r for r in rows if r["config"]["preset"] == "full" and r["config"]["size"] == spec["size"]
+                     and r["config"]["act_ckpt"] == spec["act_ckpt"]), None)
+        entry = {"size": spec["size"], "preset": spec["preset"], "act_ckpt": spec["act_ckpt"],
+                 "full_status": full.get("status") if full else "not run"}
+        if full and full.get("status") == "ok":
+            entry.update(full_over_lora_memory=_peak(full) / _peak(row), full_over_lora_time=full["s_per_step"] / row["s_per_step"])
+        elif full and full.get("status", "").startswith("oom"):
+            entry.update(full_over_lora_memory_at_least=max(full.get("peak_rss", 0), full.get("peak_rss_sampled", 0)) / _peak(row))
+        out.append(entry)
+    return out
+
+
+def goals(rows: list[dict]) -> dict:
+    from sam3_lora_kit.sam3 import DEFAULT_PRESET
+
+    result = {}
+    default = [r for r in rows if r["config"]["size"] == "full" and r["config"]["preset"] == DEFAULT_PRESET and r.get("status") == "ok"]
+    cuda = [r for r in default if "cuda_peak_bytes" in r]
+    result["lora_peak_gb_1008_cuda"] = {"limit": GOALS["lora_peak_gb_1008_cuda"],
+                                        "value": min(r["cuda_peak_bytes"] for r in cuda) / 1e9 if cuda else None,
+                                        "met": (min(r["cuda_peak_bytes"] for r in cuda) / 1e9 <= GOALS["lora_peak_gb_1008_cuda"]) if cuda else None,
+                                        "note": None if cuda else "needs a GPU; not measured on this machine"}
+    best = None
+    for entry in ratios(rows):  # the goal is about the full-size model (the tiny one's RSS is mostly the runtime)
+        if entry["preset"] == DEFAULT_PRESET and entry["size"] == "full":
+            value = entry.get("full_over_lora_memory", entry.get("full_over_lora_memory_at_least"))
+            if value is not None and (best is None or value > best[0]):
+                best = (value, entry)
+    result["full_over_lora_memory"] = {"limit": GOALS["full_over_lora_memory"], "value": best[0] if best else None,
+                                       "met": (best[0] >= GOALS["full_over_lora_memory"]) if best else None,
+                                       "at_least": bool(best and "full_over_lora_memory_at_least" in best[1]),
+                                       "act_ckpt": best[1]["act_ckpt"] if best else None,
+                                       "note": (f"full-size, ViT act. ckpt {'on' if best[1]['act_ckpt'] else 'off'}" if best
+                                                else "full-size runs are not part of --quick")}
+    return result
+
+
+def project_1008_bf16(row: dict) -> dict | None:
+    """The memory model carried from a 504 px fp32 CPU run to 1008 px under bf16 autocast on CUDA.
+
+    Parameters, gradients and AdamW state stay fp32 (autocast does not cast them); activations
+    scale with the tokens (x4: attention on CUDA uses fused kernels whose saved state is linear
+    in the tokens) and halve in bf16; no runtime term (``max_memory_allocated`` counts tensors
+    only). A projection, to be replaced by the CUDA measurement.
+    """
+    model = row.get("memory_model")
+    if not model or row["config"]["size"] != "full" or row["config"]["device"] != "cpu":
+        return None
+    scale = (FULL_CUDA_IMAGE_SIZE / row["image_size"]) ** 2 * 0.5
+    activations = model["activations"] * scale
+    steady = model["weights"] + model["adamw"] + max(activations, model["gradients"])
+    return {"activations": activations, "predicted_peak": steady}
+
+
+# ----------------------------------------------------------------------------------- report
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / GIB:.2f}"
+
+
+def report(result: dict, out_dir) -> str:
+    body = dict(result["result"])
+    body["ratios"], body["goals"] = ratios(body["runs"]), goals(body["runs"])  # derived from the runs by this code
+    params = body["parameters"]
+    lines = [f"## {TITLE}", "",
+             f"One process per configuration; peak RSS is the process's `VmHWM` (its whole resident peak: runtime, weights, "
+             f"gradients, optimizer state, activations). Batch 1, rank {params['rank']}, alpha {params['alpha']}, "
+             f"{params['optimizer']}; full-size model randomly initialised at {params['full_image_size']} px "
+             f"({params['precision']}). {params['note']}.", ""]
+    rows = []
+    for row in body["runs"]:
+        spec = row["config"]
+        ok = row.get("status") == "ok"
+        rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off",
+                     spec.get("image_size") or "112", row.get("status", "")[:60],
+                     _gib(row.get("peak_rss")) if "peak_rss" in row else "n/a",
+                     _gib(row.get("cuda_peak_bytes")) if row.get("cuda_peak_bytes") else "",
+                     f"{row['s_per_step']:.2f}" if ok else "n/a",
+                     f"{spec['warmup']}+{spec['steps']}",
+                     f"{row['params_trainable']:,}" if ok else "n/a",
+                     f"{row['percent_trainable']:.3f}" if ok else "n/a",
+                     f"{row['trainable_bytes'] / 2**20:.1f}" if ok else "n/a",
+                     f"{row['load_average_at_start'][0]:.1f}" if row.get("load_average_at_start") else "n/a"])
+    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "px", "status", "peak RSS GiB", "CUDA peak GiB",
+                                 "s/step", "warm-up+timed", "trainable", "trainable %", "trainable MiB (fp32)",
+                                 "load avg at start"], rows))
+    if any(r["config"]["warmup"] == 0 and r.get("status") == "ok" for r in body["runs"]):
+        lines += ["", "Runs marked 0+1 time a single step with no warm-up: it includes first-call overhead (allocator "
+                  "growth, AdamW state allocation, lazy initialisation). Seconds per step on a shared 2-core machine move "
+                  "with its load (last column), so compare times only between rows of similar load; peak memory does not "
+                  "depend on load."]
+    lines += ["", "### Full fine-tuning against LoRA (same model, same checkpointing)", ""]
+    ratio_rows = [[e["size"], e["preset"], "on" if e["act_ckpt"] else "off",
+                   f"{e['full_over_lora_memory']:.2f}" if "full_over_lora_memory" in e else
+                   (f">= {e['full_over_lora_memory_at_least']:.2f}" if "full_over_lora_memory_at_least" in e else "n/a"),
+                   f"{e['full_over_lora_time']:.2f}" if "full_over_lora_time" in e else "n/a", e["full_status"][:50]]
+                  for e in body["ratios"]]
+    lines.append(markdown_table(["model", "LoRA preset", "ViT act. ckpt", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
+    lines += ["", "### Memory model against measurement (GiB)", "",
+              "weights = parameters x 4 B; gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
+              "ViT blocks x bytes one block saves (or its input when checkpointed, plus one block recomputed) + what "
+              "the rest of the model saves; runtime = RSS after the build less the weights. Single-step runs: runtime + weights + "
+              "max(activations, gradients + AdamW); with a warm-up step: runtime + weights + AdamW + max(activations, gradients).", ""]
+    model_rows = []
+    for row in body["runs"]:
+        model = row.get("memory_model")
+        if not model:
+            continue
+        spec = row["config"]
+        model_rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _gib(model["runtime"]),
+                           _gib(model["weights"]), _gib(model["gradients"]), _gib(model["adamw"]),
+                           f"{model['activations_per_vit_block'] / 2**20:.1f}", _gib(model["activations"]),
+                           _gib(model["predicted_peak"]), _gib(model["measured_peak"]), f"{model['measured_over_predicted']:.2f}"])
+    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "runtime", "weights", "gradients", "AdamW",
+                                 "MiB / ViT block", "activations", "predicted", "measured", "measured / predicted"], model_rows))
+    projected = [(row, project_1008_bf16(row)) for row in body["runs"]]
+    projected = [(row, p) for row, p in projected if p]
+    if projected:
+        lines += ["", "### Projection to 1008 px, bf16 autocast, CUDA (memory model only, not measured)", "",
+                  " ".join(project_1008_bf16.__doc__.split("\n\n")[1].split()), ""]
+        lines.append(markdown_table(["preset", "ViT act. ckpt", "activations GiB", "predicted peak GiB (tensors)"],
+                                    [[r["config"]["preset"], "on" if r["config"]["act_ckpt"] else "off",
+                                      _gib(p["activations"]), _gib(p["predicted_peak"])] for r, p in projected]))
+    lines += ["", "### Goals", ""]
+    goal_rows = []
+    for key, goal in body["goals"].items():
+        value = goal["value"]
+        shown = "n/a" if value is None else (f">= {value:.2f}" if goal.get("at_least") else f"{value:.2f}")
+        goal_rows.append([key, goal["limit"], shown, {True: "yes", False: "no", None: "not measured"}[goal["met"]], goal.get("note") or ""])
+    lines.append(markdown_table(["goal", "limit", "measured", "met", "note"], goal_rows))
+    plot = _plot(body, Path(out_dir))
+    if plot:
+        lines += ["", f"![peak memory and seconds per step]({plot})"]
+    return "\n".join(lines)
+
+
+def _plot(body: dict, out_dir: Path) -> str | None:
+    rows = [r for r in body["runs"] if "peak_rss" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['config']['size']}\n{r['config']['preset']}\n{'ckpt' if r['config']['act_ckpt'] else 'no ckpt'}" for r in rows]
+    colors = ["tab:red" if r["config"]["preset"] == "full" else "tab:blue" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) * 2), 4))
+    axes[0].bar(range(len(rows)), [r["peak_rss"] / GIB for r in rows], color=colors)
+    for i, r in enumerate(rows):
+        if r.get("status") != "ok":
+            axes[0].text(i, r["peak_rss"] / GIB, "OOM" if r["status"].startswith("oom") else "fail", ha="center", va="bottom")
+        model = r.get("memory_model")
+        if model:
+            axes[0].plot([i - 0.4, i + 0.4], [model["predicted_peak"] / GIB] * 2, color="black", linewidth=1)
+    axes[0].set_ylabel("peak RSS (GiB); black: memory model")
+    axes[1].bar(range(len(rows)), [r.get("s_per_step", 0) for r in rows], color=colors)
+    axes[1].set_ylabel("seconds per step")
+    for ax in axes:
+        ax.set_xticks(range(len(rows)), labels, fontsize=6)
+    fig.suptitle("LoRA (blue) against full fine-tuning (red)")
+    fig.tight_layout()
+    name = f"{NAME}.png"
+    fig.savefig(out_dir / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(description="one configuration of the training-step benchmark (internal)")
+    parser.add_argument("--worker", required=True, help="the configuration as JSON")
+    parser.add_argument("--result", required=True, type=Path, help="where to write the figures")
+    args = parser.parse_args()
+    figures = worker(json.loads(args.worker))
+    args.result.write_text(json.dumps(figures), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
