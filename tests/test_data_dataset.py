@@ -68,3 +68,45 @@ def test_rle_masks_decode(tmp_path):
 def test_missing_split_names_file(tmp_path):
     with pytest.raises(DataError, match="_annotations.coco.json: missing"):
         CocoSegmentationDataset(tmp_path, "train")
+
+
+@pytest.mark.parametrize("writer", ["coco", "voc"])
+def test_linked_output_loads_like_the_copy(tmp_path, writer):
+    """``convert --link`` output (links to the source images) loads, item for item equal to the copy."""
+    from data_fixtures import write_voc_export
+
+    src = {"coco": write_coco_export, "voc": write_voc_export}[writer](tmp_path / "export")
+    convert_roboflow(src, tmp_path / "copied")
+    convert_roboflow(src, tmp_path / "linked", link=True)
+    for split in ("train", "valid", "test"):
+        if not (tmp_path / "copied" / split).is_dir():
+            continue
+        copied = CocoSegmentationDataset(tmp_path / "copied", split)
+        linked = CocoSegmentationDataset(tmp_path / "linked", split)
+        assert len(linked) == len(copied) > 0
+        for i in range(len(linked)):
+            assert (tmp_path / "linked" / split / linked.images[i]["file_name"]).is_symlink()
+            a, b = linked[i], copied[i]
+            assert a.keys() == b.keys()
+            for key in a:
+                if isinstance(a[key], torch.Tensor):
+                    assert torch.equal(a[key], b[key]), key
+                else:
+                    assert a[key] == b[key], key
+
+
+def test_dataset_refuses_a_folder_link_leaving_it(tmp_path):
+    """The file itself may be a link (what ``--link`` writes); a folder on the way that leaves the split may not."""
+    import json
+    import os
+
+    convert_roboflow(write_coco_export(tmp_path / "export"), tmp_path / "out")
+    train = tmp_path / "out" / "train"
+    (tmp_path / "elsewhere").mkdir()
+    (train / "a.jpg").rename(tmp_path / "elsewhere" / "a.jpg")
+    os.symlink(tmp_path / "elsewhere", train / "sub")
+    doc = json.loads((train / "_annotations.coco.json").read_text())
+    doc["images"][0]["file_name"] = "sub/a.jpg"
+    (train / "_annotations.coco.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="pointing outside"):
+        CocoSegmentationDataset(tmp_path / "out", "train")[0]

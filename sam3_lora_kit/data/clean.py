@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from sam3_lora_kit.data.errors import DataError
 from sam3_lora_kit.data.geometry import (box_polygon, check_box, check_rle, clean_polygons, polygons_bbox,
                                           polygons_to_rle, rle_area_bbox)
-from sam3_lora_kit.data.images import check_image
+from sam3_lora_kit.data.images import read_image
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
 
@@ -20,6 +20,7 @@ class CleanImage:
     height: int
     annotations: list[dict] = field(default_factory=list)  # category (name), segmentation, bbox, area, iscrowd
     dropped: int = 0  # annotations left out
+    data: bytes | None = field(default=None, repr=False)  # the file's bytes, read once (dropped once written)
 
 
 def clean_annotation(raw: RawAnnotation, width: int, height: int, declared: tuple[int, int] | None,
@@ -70,13 +71,16 @@ def clean_image(raw: RawImage, quirks: QuirkLog) -> CleanImage | None:
     if not raw.path.is_file():
         quirks.add("missing_image", f"{raw.path} (listed in {raw.where})")
         return None
-    width, height = check_image(raw.path)
+    checked = raw.checked if raw.checked is not None else read_image(raw.path)
+    raw.checked = None  # the bytes travel on in the clean image only
+    width, height = checked.width, checked.height
     declared = (raw.width, raw.height) if raw.width and raw.height else None
     if declared is None and raw.declares_size:
         quirks.add("missing_size", str(raw.path))
     elif declared is not None and declared != (width, height):
         quirks.add("size_mismatch", f"{raw.path}: declared {declared[0]}x{declared[1]}, file {width}x{height}")
-    image = CleanImage(raw.path.name if "/" not in raw.file_name else raw.file_name, width, height)
+    image = CleanImage(raw.path.name if "/" not in raw.file_name else raw.file_name, width, height,
+                       data=checked.data)
     for ann in raw.annotations:
         cleaned = clean_annotation(ann, width, height, declared, quirks)
         if cleaned is None:

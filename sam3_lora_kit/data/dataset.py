@@ -63,7 +63,8 @@ class CocoSegmentationDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         info = self.images[index]
-        path = safe_join(self.coco_path.parent, info["file_name"], self.coco_path)
+        # the image may be a link (``convert --link`` writes links to the source images)
+        path = safe_join(self.coco_path.parent, info["file_name"], self.coco_path, allow_link=True)
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))  # (H, W, 3)
         height, width = rgb.shape[:2]

@@ -28,6 +28,35 @@ def box_polygon(x: float, y: float, w: float, h: float) -> list[float]:
     return [x, y, x + w, y, x + w, y + h, x, y + h]
 
 
+def _coords(polygon: object, where: str) -> np.ndarray:
+    """A polygon as a float64 array of finite numbers, or raise naming the bad value."""
+    if isinstance(polygon, np.ndarray):  # a reader's own array (YOLO): float64, already checked finite
+        return polygon
+    if not isinstance(polygon, list):
+        raise DataError(where, f"polygon must be a list of numbers, got {type(polygon).__name__}")
+    if set(map(type, polygon)) <= {float, int}:  # the common case, checked in bulk
+        coords = np.array(polygon, dtype=np.float64)
+        if np.isfinite(coords).all():
+            return coords
+    return np.array(check_numbers(polygon, where), dtype=np.float64)  # raises on the bad value
+
+
+def round3(values: np.ndarray) -> list[float]:
+    """``[round(v, 3) for v in values]``, exactly as Python rounds, in bulk.
+
+    ``rint(v * 1000) / 1000`` is the double nearest to the rounded decimal, as Python's
+    ``round`` gives, unless the product's own rounding error moved ``v * 1000`` across a half
+    (possible only within ~1e-7 of one for |v| < 1e6): those few values go through ``round``.
+    """
+    scaled = values * 1000.0
+    rounded = np.rint(scaled)
+    out = (rounded / 1000.0).tolist()
+    doubtful = (np.abs(np.abs(scaled - rounded) - 0.5) < 1e-6) | ~(np.abs(values) < 1e6)
+    for i in np.flatnonzero(doubtful).tolist():
+        out[i] = round(float(values[i]), 3)
+    return out
+
+
 def clean_polygons(polygons: list, width: int, height: int, where: str, quirks: QuirkLog) -> Polygons:
     """Check, de-duplicate the closing point, clip to the image, drop polygons under 3 points."""
     if not isinstance(polygons, list):
@@ -36,24 +65,22 @@ def clean_polygons(polygons: list, width: int, height: int, where: str, quirks: 
         polygons = [polygons]  # a single flat polygon
     cleaned = []
     for polygon in polygons:
-        if not isinstance(polygon, list):
-            raise DataError(where, f"polygon must be a list of numbers, got {type(polygon).__name__}")
-        coords = check_numbers(polygon, where)
-        if len(coords) % 2:
-            raise DataError(where, f"polygon has an odd number of coordinates ({len(coords)})")
-        if len(coords) >= 8 and coords[:2] == coords[-2:]:
-            coords = coords[:-2]
+        coords = _coords(polygon, where)  # (2P,) x0, y0, x1, y1, ...
+        n = len(coords)
+        if n % 2:
+            raise DataError(where, f"polygon has an odd number of coordinates ({n})")
+        if n >= 8 and coords[0] == coords[-2] and coords[1] == coords[-1]:
+            coords, n = coords[:-2], n - 2
             quirks.add("closing_point", where)
-        if len(coords) < 6:
-            quirks.add("short_polygon", f"{where} ({len(coords) // 2} points)")
+        if n < 6:
+            quirks.add("short_polygon", f"{where} ({n // 2} points)")
             continue
-        xs = np.clip(coords[0::2], 0.0, float(width))
-        ys = np.clip(coords[1::2], 0.0, float(height))
-        if not (np.array_equal(xs, coords[0::2]) and np.array_equal(ys, coords[1::2])):
+        flat = np.empty(n)
+        np.clip(coords[0::2], 0.0, float(width), out=flat[0::2])
+        np.clip(coords[1::2], 0.0, float(height), out=flat[1::2])
+        if not np.array_equal(flat, coords):
             quirks.add("clipped", where)
-        flat = np.empty(len(coords))
-        flat[0::2], flat[1::2] = xs, ys
-        cleaned.append([round(float(v), 3) for v in flat])
+        cleaned.append(round3(flat))
     return cleaned
 
 
@@ -64,10 +91,10 @@ def polygons_to_rle(polygons: Polygons, width: int, height: int) -> dict:
 
 def polygons_bbox(polygons: Polygons) -> list[float]:
     """Tight (x, y, w, h) box around the polygons' vertices."""
-    xs = np.concatenate([np.asarray(p[0::2]) for p in polygons])
-    ys = np.concatenate([np.asarray(p[1::2]) for p in polygons])
-    x0, y0 = float(xs.min()), float(ys.min())
-    return [round(x0, 3), round(y0, 3), round(float(xs.max()) - x0, 3), round(float(ys.max()) - y0, 3)]
+    x0, x1 = min(min(p[0::2]) for p in polygons), max(max(p[0::2]) for p in polygons)
+    y0, y1 = min(min(p[1::2]) for p in polygons), max(max(p[1::2]) for p in polygons)
+    x0, y0 = float(x0), float(y0)
+    return [round(x0, 3), round(y0, 3), round(float(x1) - x0, 3), round(float(y1) - y0, 3)]
 
 
 def check_rle(rle: dict, width: int, height: int, declared: tuple[int, int] | None, where: str,

@@ -1,20 +1,40 @@
-"""Image files: their real size, and a full decode that turns any failure into a ``DataError``."""
+"""Image files: their real size, and a decode that turns any failure into a ``DataError``."""
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sam3_lora_kit.data.errors import DataError
 
 
-def _open(path: Path):
+@dataclass
+class CheckedImage:
+    """An image file read once and checked: its bytes (held for one image at a time) and real size."""
+
+    path: Path
+    width: int
+    height: int
+    data: bytes = field(repr=False)
+
+
+def _open(path: Path, data: bytes | None = None):
     from PIL import Image, UnidentifiedImageError
 
-    if path.stat().st_size == 0:
+    if data is None:
+        if path.stat().st_size == 0:
+            raise DataError(path, "image file is empty")
+        source = path
+    elif not data:
         raise DataError(path, "image file is empty")
+    else:
+        source = io.BytesIO(data)
     try:
-        return Image.open(path)
+        return Image.open(source)
     except UnidentifiedImageError:
         raise DataError(path, "not an image (cannot identify the format)") from None
+    except Image.DecompressionBombError as error:
+        raise DataError(path, f"image cannot be opened ({error})") from None
     except OSError as error:
         raise DataError(path, f"image cannot be opened ({error})") from None
 
@@ -27,13 +47,33 @@ def image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def check_image(path: Path) -> tuple[int, int]:
-    """Decode ``path`` fully (catching truncated files) and return its (width, height)."""
+def read_image(path: Path) -> CheckedImage:
+    """Read ``path`` once, decode it (catching truncated or corrupt files) and return bytes and size.
+
+    JPEGs are decoded at 1/8 scale (``Image.draft``): libjpeg still reads every entropy-coded
+    block, so a truncated or corrupt file still fails, but the inverse DCT and colour conversion
+    shrink 64-fold. Other formats are decoded in full.
+    """
     from PIL import Image
 
-    with _open(path) as image:
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise DataError(path, "image is a folder, not a file") from None
+    except OSError as error:
+        raise DataError(path, f"image cannot be read ({error.strerror})") from None
+    with _open(path, data) as image:
+        width, height = image.size
         try:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(width // 8, 1), max(height // 8, 1)))
             image.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(path, f"image does not decode ({error})") from None
-        return image.size
+    return CheckedImage(path, width, height, data)
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """Decode ``path`` (catching truncated files) and return its (width, height)."""
+    checked = read_image(path)
+    return checked.width, checked.height

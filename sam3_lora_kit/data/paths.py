@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -36,12 +37,42 @@ def check_relative_name(name: str, where: str | Path) -> str:
     return str(PurePosixPath(*[p for p in parts if p != "."]))
 
 
-def safe_join(root: Path, name: str, where: str | Path) -> Path:
-    """Join ``root`` and an export-given ``name``; refuse names or links that leave ``root``."""
-    path = root / check_relative_name(name, where)
-    if (path.exists() or path.is_symlink()) and not is_inside(path, root):
-        raise DataError(where, f"file {name!r} is a link pointing outside the export")
-    return path
+def _real_inside(path: str, real_root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def safe_lookup(root: Path, name: str, where: str | Path, allow_link: bool = False) -> tuple[Path, bool]:
+    """``safe_join`` that also says whether the path is a regular file (links followed).
+
+    Cheap on the common path: one ``lstat`` per component of ``name`` (usually one). Only where a
+    component is a link is the path resolved and compared with the resolved root.
+    """
+    clean = check_relative_name(name, where)
+    path = root / clean
+    current = str(root)
+    parts = clean.split("/")
+    for index, part in enumerate(parts):
+        current = f"{current}{os.sep}{part}"
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return path, False  # nothing there (yet): nothing to follow
+        if stat.S_ISLNK(mode):
+            last = index == len(parts) - 1
+            if not (last and allow_link) and not _real_inside(str(path), os.path.realpath(root)):
+                raise DataError(where, f"file {name!r} is a link pointing outside the export")
+            return path, path.is_file()
+    return path, stat.S_ISREG(mode)
+
+
+def safe_join(root: Path, name: str, where: str | Path, allow_link: bool = False) -> Path:
+    """Join ``root`` and an export-given ``name``; refuse names or links that leave ``root``.
+
+    ``allow_link``: the file itself may be a link to anywhere (what ``convert --link`` writes into
+    its output); folders on the way must still stay inside ``root``.
+    """
+    return safe_lookup(root, name, where, allow_link)[0]
 
 
 def check_no_escaping_links(root: Path) -> None:

@@ -43,8 +43,9 @@ class SplitTracker:
     by_hash: dict[str, str] = field(default_factory=dict)  # md5 -> "split/file"
     by_source: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (split, file)
 
-    def add(self, split: str, path: Path, file_name: str, quirks: QuirkLog) -> None:
-        digest = hashlib.md5(path.read_bytes()).hexdigest()
+    def add(self, split: str, path: Path, file_name: str, quirks: QuirkLog, data: bytes | None = None) -> None:
+        """Note the image ``path`` (its bytes ``data`` when already read) of ``split``."""
+        digest = hashlib.md5(path.read_bytes() if data is None else data).hexdigest()
         here = f"{split}/{file_name}"
         other = self.by_hash.setdefault(digest, here)
         if other != here and other.split("/", 1)[0] != split:
@@ -86,7 +87,7 @@ def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTrac
             check_strict(quirks, before)
         if image is None:
             continue
-        tracker.add(split, raw.path, image.file_name, quirks)
+        tracker.add(split, raw.path, image.file_name, quirks, image.data)
         stats.images_out += 1
         stats.instances_out += len(image.annotations)
         for ann in image.annotations:

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Union
+from typing import TYPE_CHECKING, Iterator, Protocol, Union
 
-Polygons = list[list[float]]  # each polygon: [x0, y0, x1, y1, ...] in pixels
+if TYPE_CHECKING:
+    from sam3_lora_kit.data.images import CheckedImage
+
+Polygons = list[list[float]]  # each polygon: [x0, y0, x1, y1, ...] in pixels (a reader may give float64 arrays)
 Rle = dict  # {"size": [h, w], "counts": str | list[int]}
 
 
@@ -31,6 +34,7 @@ class RawImage:
     height: int | None = None
     annotations: list[RawAnnotation] = field(default_factory=list)
     declares_size: bool = True  # False where the format takes the size from the image itself
+    checked: CheckedImage | None = None  # the file already read and checked by the reader (YOLO needs its size)
 
 
 class Reader(Protocol):

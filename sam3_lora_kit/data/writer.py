@@ -20,6 +20,7 @@ class SplitWriter:
         self.images: list[dict] = []
         self.annotations: list[dict] = []  # "category" holds the name until ``finish``
         self._names: set[str] = set()
+        self._made: set[Path] = {folder}  # folders known to exist
         folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, source: Path, image: CleanImage) -> None:
@@ -28,11 +29,17 @@ class SplitWriter:
             raise DataError(source, f"file name {image.file_name!r} appears twice in one split")
         self._names.add(image.file_name)
         target = self.folder / image.file_name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(target.parent)
         if self.link:
             os.symlink(source.resolve(), target)
+        elif image.data is not None:  # the bytes the cleaner read and checked: no second read
+            with open(target, "wb") as out:
+                out.write(image.data)
         else:
             shutil.copyfile(source, target)
+        image.data = None
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, "file_name": image.file_name, "width": image.width,
                             "height": image.height})

@@ -6,12 +6,13 @@ supervision reads them): the box in pixels is ``(xmin - 1, ymin - 1, xmax, ymax)
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.paths import IMAGE_SUFFIXES, SPLIT_NAMES, find_split_dir, safe_join
+from sam3_lora_kit.data.paths import IMAGE_SUFFIXES, SPLIT_NAMES, find_split_dir, safe_join, safe_lookup
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
 
@@ -70,43 +71,62 @@ def read_voc_file(path: Path) -> tuple[str | None, int, int, list[tuple[str, tup
     return (filename.strip() if filename else None), width, height, objects
 
 
+VocRecord = tuple[str | None, int, int, list[tuple[str, tuple[float, float, float, float]]]]
+
+
 class VocReader:
-    """Reads Pascal VOC exports: every ``*.xml`` in each split folder describes one image."""
+    """Reads Pascal VOC exports: every ``*.xml`` in each split folder describes one image.
+
+    VOC declares no class list, so ``categories()`` reads every XML first; it keeps what it read
+    (file name, size and boxes: a few hundred bytes an image, never pixels) for ``iter_images``,
+    which hands each record on once, so each file is parsed once.
+    """
 
     format = "voc"
 
     def __init__(self, root: Path, quirks: QuirkLog) -> None:
         self.root, self.quirks = root, quirks
         self._dirs = {s: d for s in SPLIT_NAMES if (d := find_split_dir(root, s)) and any(d.glob("*.xml"))}
+        self._xml: dict[str, list[Path]] = {}
+        self._parsed: dict[Path, VocRecord] = {}
 
     def splits(self) -> list[str]:
         return list(self._dirs)
 
+    def _xml_files(self, split: str) -> list[Path]:
+        if split not in self._xml:
+            self._xml[split] = sorted(self._dirs[split].glob("*.xml"))
+        return self._xml[split]
+
     def categories(self) -> list[str]:
         """Every object name over all splits, sorted (VOC declares no class list)."""
         names: set[str] = set()
-        for folder in self._dirs.values():
-            for xml in sorted(folder.glob("*.xml")):
-                names.update(name for name, _ in read_voc_file(xml)[3])
+        for split in self._dirs:
+            for xml in self._xml_files(split):
+                record = self._parsed[xml] = read_voc_file(xml)
+                names.update(name for name, _ in record[3])
         return sorted(names)
 
     def _image_path(self, folder: Path, xml: Path, filename: str | None) -> Path:
         if filename:
-            path = safe_join(folder, filename, xml)
-            if path.is_file():
+            path, is_file = safe_lookup(folder, filename, xml)
+            if is_file:
                 return path
+        stem = str(xml)[: -len(xml.suffix)] if xml.suffix else str(xml)
         for suffix in IMAGE_SUFFIXES:  # the image next to the XML, with the same stem
-            if (candidate := xml.with_suffix(suffix)).is_file():
-                return candidate
+            if os.path.isfile(candidate := stem + suffix):
+                return Path(candidate)
         return safe_join(folder, filename, xml) if filename else xml.with_suffix(".jpg")
 
     def iter_images(self, split: str) -> Iterator[RawImage]:
         folder = self._dirs[split]
-        for xml in sorted(folder.glob("*.xml")):
-            filename, width, height, objects = read_voc_file(xml)
+        for xml in self._xml_files(split):
+            parsed = self._parsed.pop(xml, None)
+            filename, width, height, objects = parsed if parsed is not None else read_voc_file(xml)
             path = self._image_path(folder, xml, filename)
-            record = RawImage(file_name=path.relative_to(folder).as_posix(), path=path, where=str(xml),
+            where = str(xml)
+            record = RawImage(file_name=path.relative_to(folder).as_posix(), path=path, where=where,
                               width=width if width > 0 else None, height=height if height > 0 else None)
             for index, (name, box) in enumerate(objects, 1):
-                record.annotations.append(RawAnnotation(name, None, box, f"{xml} (object {index})"))
+                record.annotations.append(RawAnnotation(name, None, box, f"{where} (object {index})"))
             yield record

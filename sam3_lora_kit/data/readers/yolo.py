@@ -5,12 +5,13 @@ normalised to 0..1; one file may mix both kinds.
 """
 from __future__ import annotations
 
-import math
+
+import numpy as np
 from pathlib import Path
 from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.images import image_size
+from sam3_lora_kit.data.images import read_image
 from sam3_lora_kit.data.paths import SPLIT_NAMES, find_split_dir, is_inside, list_images
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
@@ -72,22 +73,24 @@ def parse_label_line(line: str, number: int, names: list[str], width: int, heigh
     if not 0 <= cls < len(names):
         raise DataError(at, f"unknown class id {cls} (data.yaml names {len(names)} classes)")
     try:
-        coords = [float(v) for v in values[1:]]
+        coords = np.array(list(map(float, values[1:])))  # (2P,) or (4,), parsed by float() itself
     except ValueError:
         raise DataError(at, "coordinates must be numbers") from None
-    if not all(math.isfinite(v) for v in coords):
+    if not np.isfinite(coords).all():
         raise DataError(at, "coordinates must be finite")
-    if any(v < -TOLERANCE or v > 1 + TOLERANCE for v in coords):
+    if ((coords < -TOLERANCE) | (coords > 1 + TOLERANCE)).any():
         raise DataError(at, "coordinates outside 0..1 (YOLO coordinates are normalised)")
     if len(coords) == 4:
-        cx, cy, w, h = coords
+        cx, cy, w, h = coords.tolist()
         if w < 0 or h < 0:
             raise DataError(at, "box has a negative size")
         x0, y0 = (cx - w / 2) * width, (cy - h / 2) * height
         return RawAnnotation(names[cls], None, (x0, y0, w * width, h * height), at)
     if len(coords) % 2:
         raise DataError(at, f"polygon has an odd number of coordinates ({len(coords)})")
-    pixels = [v * (width if i % 2 == 0 else height) for i, v in enumerate(coords)]
+    pixels = coords  # (2P,) float64: the same products as v * width, v * height one by one
+    pixels[0::2] *= width
+    pixels[1::2] *= height
     return RawAnnotation(names[cls], [pixels], None, at)
 
 
@@ -140,7 +143,8 @@ class YoloReader:
             label = labels_dir / f"{path.stem}.txt"
             record = RawImage(file_name=path.name, path=path, where=str(label), declares_size=False)
             if label.is_file():
-                width, height = image_size(path)
+                record.checked = read_image(path)  # read once: the size here, decode check and bytes for the copy
+                width, height = record.checked.width, record.checked.height
                 text = _read_text(label)
                 lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
                 if not lines:
