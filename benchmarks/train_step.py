@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Settings, markdown_table
+from benchmarks.measure import vm_bytes
 
 NAME = "train_step"
 TITLE = "Training step: LoRA against full fine-tuning (SAM 3)"
@@ -57,19 +58,16 @@ def available() -> str | None:
 
 # ----------------------------------------------------------------------------------- worker side
 def proc_status_bytes(pid: int | str = "self", field: str = "VmHWM") -> int:
-    """``VmHWM`` (peak resident set) or ``VmRSS`` of a process from ``/proc/<pid>/status``, in bytes.
+    """``VmHWM`` (peak resident set) or ``VmRSS`` of a process, in bytes; ``ru_maxrss`` for this
+    process where ``/proc`` is unreadable.
 
     ``VmHWM`` covers only the program the process runs now, unlike ``ru_maxrss``, which Linux
     carries over from before ``exec`` (a child forked from a 1 GB parent starts at 1 GB).
     """
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if pid == "self" else 0
+    value = vm_bytes(pid, field)
+    if value == 0 and pid == "self":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return value
 
 
 def _rss_bytes() -> int:
