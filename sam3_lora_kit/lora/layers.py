@@ -36,6 +36,13 @@ __all__ = ["LoRALinear", "LoRAMultiheadAttention", "LoRALayer"]
 _FORCES_NO_WEIGHTS = frozenset({"sam3.model.model_misc.MultiheadAttentionWrapper"})
 
 
+def _factor_grads(x, x_a, grad_y_2d, grad_y_b, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``A (R, in)`` and ``B (out, R)`` from ``x``, ``x @ A^T`` and ``grad_y``, ``grad_y @ B``."""
+    grad_A = (grad_y_b.t() @ x.reshape(-1, x.shape[-1])).mul_(scaling)  # (R, in)
+    grad_B = (x_a.t() @ grad_y_2d).mul_(scaling).t()  # (out, R); this order runs faster than grad_y^T @ x_a
+    return grad_A, grad_B
+
+
 class _LoRALinearFunction(torch.autograd.Function):
     """``y = x @ W^T + b + s * (x @ A^T) @ B^T`` for a frozen ``W``/``b``.
 
@@ -65,8 +72,7 @@ class _LoRALinearFunction(torch.autograd.Function):
             grad_x = grad_y_2d @ weight  # (N, in)
             grad_x.addmm_(grad_y_b, lora_A, alpha=scaling)
             grad_x = grad_x.view(x.shape)
-        grad_A = (grad_y_b.t() @ x.reshape(-1, x.shape[-1])).mul_(scaling)  # (R, in)
-        grad_B = (grad_y_2d.t() @ x_a).mul_(scaling)  # (out, R)
+        grad_A, grad_B = _factor_grads(x, x_a, grad_y_2d, grad_y_b, scaling)
         return grad_x, None, None, grad_A, grad_B, None
 
 
@@ -104,8 +110,7 @@ class _LoRALinearFusedFunction(torch.autograd.Function):
             grad_y_b = grad_both[:, in_features:]  # (N, R)
         else:
             grad_y_b = grad_y_2d @ lora_B  # (N, R)
-        grad_A = (grad_y_b.t() @ x.reshape(-1, in_features)).mul_(scaling)  # (R, in)
-        grad_B = (x_a.t() @ grad_y_2d).mul_(scaling).t()  # (out, R); this order runs faster than grad_y^T @ x_a
+        grad_A, grad_B = _factor_grads(x, x_a, grad_y_2d, grad_y_b, scaling)
         return grad_x, None, None, grad_A, grad_B, None
 
 
