@@ -105,6 +105,7 @@ def worker(spec: dict) -> dict:
     model = build_sam3(spec["size"], device=device, image_size=spec["image_size"])
     out["build_s"] = time.perf_counter() - began
     out["rss_after_build"] = proc_status_bytes("self", "VmRSS")
+    out["param_bytes_at_build"] = sum(p.numel() * p.element_size() for p in model.parameters())
     total = sum(p.numel() for p in model.parameters())
     if spec["preset"] == "full":
         for param in model.parameters():
@@ -112,6 +113,10 @@ def worker(spec: dict) -> dict:
     else:
         apply_lora(model, spec["preset"], rank=spec["rank"], alpha=spec["alpha"])
         total = sum(p.numel() for p in model.parameters())  # with the LoRA factors
+        if spec.get("frozen_dtype", "float32") != "float32":
+            from sam3_lora_kit.lora import store_frozen_weights
+
+            out["frozen_storage"] = store_frozen_weights(model, getattr(torch, spec["frozen_dtype"])).summary()
     set_activation_checkpointing(model, False)
     for module in model.modules():  # the ViT only: the pixel decoder's checkpointing stays as built
         if type(module).__name__ == "ViT":
@@ -206,6 +211,11 @@ def _raise_oom_score() -> None:
         pass
 
 
+def _frozen(spec: dict) -> str:
+    """How the configuration stores the frozen base weights: "fp32" or "bf16"."""
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[spec.get("frozen_dtype", "float32")]
+
+
 def run_config(spec: dict, timeout_s: float, log=print) -> dict:
     """Run one configuration in a child process; returns its figures plus ``status`` and ``peak_rss``."""
     import psutil
@@ -265,7 +275,7 @@ def run_config(spec: dict, timeout_s: float, log=print) -> dict:
             tail = log_path.read_text(encoding="utf-8", errors="replace")[-1500:]
             figures["status"] = f"failed (exit {child.returncode})"
             figures["log_tail"] = tail
-    log(f"  {spec['size']:<4} {spec['preset']:<13} act_ckpt={str(spec['act_ckpt']):<5} {figures['status']:<4} "
+    log(f"  {spec['size']:<4} {spec['preset']:<13} act_ckpt={str(spec['act_ckpt']):<5} frozen={_frozen(spec)} {figures['status']:<4} "
         f"peak RSS {figures['peak_rss'] / GIB:.2f} GiB  step {figures.get('s_per_step', float('nan')):.2f} s  "
         f"(wall {figures['wall_s']:.0f} s)")
     return {"config": spec, **figures}
@@ -274,7 +284,7 @@ def run_config(spec: dict, timeout_s: float, log=print) -> dict:
 def memory_model(row: dict) -> dict | None:
     """Predicted peak (bytes) from parameter counts and saved-activation bytes, beside the measured one.
 
-    weights = all parameters x 4 B; gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B;
+    weights = all parameters x their bytes (frozen ones stored in bf16: 2 B); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B;
     activations = ViT blocks x (block saved bytes, or block input bytes when checkpointed, plus
     one block recomputed) + what the rest of the model saves (forward total minus the ViT part).
     Steady state (after a first step): weights + AdamW + max(activations, gradients), since
@@ -294,7 +304,7 @@ def memory_model(row: dict) -> dict | None:
         vit_saved = vit_peak = blocks * row["vit_block_saved_bytes"]
     rest = max(row["saved_forward_bytes"] - vit_saved, 0)
     activations = vit_peak + rest
-    runtime = max(row["rss_after_build"] - weights, row["rss_after_import"])  # libraries, tokenizer, allocator
+    runtime = max(row["rss_after_build"] - row.get("param_bytes_at_build", weights), row["rss_after_import"])  # libraries, tokenizer, allocator
     if row["config"]["warmup"] + row["config"]["steps"] > 1:
         predicted = runtime + weights + adamw + max(activations, grads)
     else:
@@ -317,10 +327,12 @@ def _configs(settings: Settings) -> list[dict]:
         return tiny
     image_size = FULL_CUDA_IMAGE_SIZE if cuda else FULL_CPU_IMAGE_SIZE
     steps = {"warmup": 1, "steps": 3} if cuda else {"warmup": 0, "steps": 1}  # one CPU step takes minutes
-    order = [(DEFAULT_PRESET, False), (DEFAULT_PRESET, True), ("full", False), ("full", True)]
-    order += [(preset, ckpt) for ckpt in (False, True) for preset in LORA_PRESETS if preset != DEFAULT_PRESET]
-    full = [{**base, **steps, "size": "full", "image_size": image_size, "preset": preset, "act_ckpt": ckpt}
-            for preset, ckpt in order]
+    # (preset, ViT activation checkpointing, storage of the frozen base weights)
+    order = [(DEFAULT_PRESET, False, "float32"), (DEFAULT_PRESET, True, "float32"), ("full", False, "float32"),
+             ("full", True, "float32"), (DEFAULT_PRESET, True, "bfloat16"), (DEFAULT_PRESET, False, "bfloat16")]
+    order += [(preset, ckpt, "float32") for ckpt in (False, True) for preset in LORA_PRESETS if preset != DEFAULT_PRESET]
+    full = [{**base, **steps, "size": "full", "image_size": image_size, "preset": preset, "act_ckpt": ckpt,
+             "frozen_dtype": frozen} for preset, ckpt, frozen in order]
     return tiny + full
 
 
@@ -343,9 +355,13 @@ def _wait_for_memory(need: float, log, wait_s: float = 120.0) -> tuple[bool, flo
         time.sleep(10)
 
 
-def run(settings: Settings, log=print, budget_s: float = BUDGET_S) -> dict:
+def run(settings: Settings, log=print, budget_s: float | None = None) -> dict:
+    """Every configuration of ``_configs`` in turn; full-size ones stop being started after
+    ``budget_s`` (default ``BUDGET_S``, or ``$BENCH_FULL_BUDGET_MIN`` minutes when set)."""
     import psutil
 
+    if budget_s is None:
+        budget_s = float(os.environ.get("BENCH_FULL_BUDGET_MIN", BUDGET_S / 60)) * 60
     began = time.perf_counter()
     rows = []
     for spec in _configs(settings):
@@ -388,7 +404,7 @@ def ratios(rows: list[dict]) -> list[dict]:
             continue
         full = next((r for r in rows if r["config"]["preset"] == "full" and r["config"]["size"] == spec["size"]
                      and r["config"]["act_ckpt"] == spec["act_ckpt"]), None)
-        entry = {"size": spec["size"], "preset": spec["preset"], "act_ckpt": spec["act_ckpt"],
+        entry = {"size": spec["size"], "preset": spec["preset"], "act_ckpt": spec["act_ckpt"], "frozen": _frozen(spec),
                  "full_status": full.get("status") if full else "not run"}
         if full and full.get("status") == "ok":
             entry.update(full_over_lora_memory=_peak(full) / _peak(row), full_over_lora_time=full["s_per_step"] / row["s_per_step"])
@@ -418,7 +434,8 @@ def goals(rows: list[dict]) -> dict:
                                        "met": (best[0] >= GOALS["full_over_lora_memory"]) if best else None,
                                        "at_least": bool(best and "full_over_lora_memory_at_least" in best[1]),
                                        "act_ckpt": best[1]["act_ckpt"] if best else None,
-                                       "note": (f"full-size, ViT act. ckpt {'on' if best[1]['act_ckpt'] else 'off'}" if best
+                                       "note": (f"full-size, ViT act. ckpt {'on' if best[1]['act_ckpt'] else 'off'}, "
+                                                f"LoRA's frozen base in {best[1]['frozen']}" if best
                                                 else "full-size runs are not part of --quick")}
     return result
 
@@ -458,7 +475,7 @@ def report(result: dict, out_dir) -> str:
     for row in body["runs"]:
         spec = row["config"]
         ok = row.get("status") == "ok"
-        rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off",
+        rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec),
                      spec.get("image_size") or "112", row.get("status", "")[:60],
                      _gib(row.get("peak_rss")) if "peak_rss" in row else "n/a",
                      _gib(row.get("cuda_peak_bytes")) if row.get("cuda_peak_bytes") else "",
@@ -468,7 +485,7 @@ def report(result: dict, out_dir) -> str:
                      f"{row['percent_trainable']:.3f}" if ok else "n/a",
                      f"{row['trainable_bytes'] / 2**20:.1f}" if ok else "n/a",
                      f"{row['load_average_at_start'][0]:.1f}" if row.get("load_average_at_start") else "n/a"])
-    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "px", "status", "peak RSS GiB", "CUDA peak GiB",
+    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "frozen weights", "px", "status", "peak RSS GiB", "CUDA peak GiB",
                                  "s/step", "warm-up+timed", "trainable", "trainable %", "trainable MiB (fp32)",
                                  "load avg at start"], rows))
     if any(r["config"]["warmup"] == 0 and r.get("status") == "ok" for r in body["runs"]):
@@ -477,14 +494,14 @@ def report(result: dict, out_dir) -> str:
                   "with its load (last column), so compare times only between rows of similar load; peak memory does not "
                   "depend on load."]
     lines += ["", "### Full fine-tuning against LoRA (same model, same checkpointing)", ""]
-    ratio_rows = [[e["size"], e["preset"], "on" if e["act_ckpt"] else "off",
+    ratio_rows = [[e["size"], e["preset"], "on" if e["act_ckpt"] else "off", e.get("frozen", "fp32"),
                    f"{e['full_over_lora_memory']:.2f}" if "full_over_lora_memory" in e else
                    (f">= {e['full_over_lora_memory_at_least']:.2f}" if "full_over_lora_memory_at_least" in e else "n/a"),
                    f"{e['full_over_lora_time']:.2f}" if "full_over_lora_time" in e else "n/a", e["full_status"][:50]]
                   for e in body["ratios"]]
-    lines.append(markdown_table(["model", "LoRA preset", "ViT act. ckpt", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
+    lines.append(markdown_table(["model", "LoRA preset", "ViT act. ckpt", "LoRA frozen weights", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
     lines += ["", "### Memory model against measurement (GiB)", "",
-              "weights = parameters x 4 B; gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
+              "weights = parameters x their bytes (4 B, or 2 B for frozen weights stored in bf16); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
               "ViT blocks x bytes one block saves (or its input when checkpointed, plus one block recomputed) + what "
               "the rest of the model saves; runtime = RSS after the build less the weights. Single-step runs: runtime + weights + "
               "max(activations, gradients + AdamW); with a warm-up step: runtime + weights + AdamW + max(activations, gradients).", ""]
@@ -494,19 +511,19 @@ def report(result: dict, out_dir) -> str:
         if not model:
             continue
         spec = row["config"]
-        model_rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _gib(model["runtime"]),
+        model_rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _gib(model["runtime"]),
                            _gib(model["weights"]), _gib(model["gradients"]), _gib(model["adamw"]),
                            f"{model['activations_per_vit_block'] / 2**20:.1f}", _gib(model["activations"]),
                            _gib(model["predicted_peak"]), _gib(model["measured_peak"]), f"{model['measured_over_predicted']:.2f}"])
-    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "runtime", "weights", "gradients", "AdamW",
+    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "frozen weights", "runtime", "weights", "gradients", "AdamW",
                                  "MiB / ViT block", "activations", "predicted", "measured", "measured / predicted"], model_rows))
     projected = [(row, project_1008_bf16(row)) for row in body["runs"]]
     projected = [(row, p) for row, p in projected if p]
     if projected:
         lines += ["", "### Projection to 1008 px, bf16 autocast, CUDA (memory model only, not measured)", "",
                   " ".join(project_1008_bf16.__doc__.split("\n\n")[1].split()), ""]
-        lines.append(markdown_table(["preset", "ViT act. ckpt", "activations GiB", "predicted peak GiB (tensors)"],
-                                    [[r["config"]["preset"], "on" if r["config"]["act_ckpt"] else "off",
+        lines.append(markdown_table(["preset", "ViT act. ckpt", "frozen weights", "activations GiB", "predicted peak GiB (tensors)"],
+                                    [[r["config"]["preset"], "on" if r["config"]["act_ckpt"] else "off", _frozen(r["config"]),
                                       _gib(p["activations"]), _gib(p["predicted_peak"])] for r, p in projected]))
     lines += ["", "### Goals", ""]
     goal_rows = []
@@ -530,7 +547,8 @@ def _plot(body: dict, out_dir: Path) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['config']['size']}\n{r['config']['preset']}\n{'ckpt' if r['config']['act_ckpt'] else 'no ckpt'}" for r in rows]
+    labels = [f"{r['config']['size']}\n{r['config']['preset']}\n{'ckpt' if r['config']['act_ckpt'] else 'no ckpt'}"
+              f"{' bf16' if _frozen(r['config']) == 'bf16' else ''}" for r in rows]
     colors = ["tab:red" if r["config"]["preset"] == "full" else "tab:blue" for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) * 2), 4))
     axes[0].bar(range(len(rows)), [r["peak_rss"] / GIB for r in rows], color=colors)

@@ -42,6 +42,7 @@ BAD = [
     ({"model_size": "huge"}, "model_size must be one of 'auto', 'tiny', 'full'"),
     ({"precision": "bf61"}, "did you mean 'bf16'?"),
     ({"qkv": "joined"}, "qkv must be one of 'fused', 'split'"),
+    ({"frozen_dtype": "int8"}, "frozen_dtype must be one of 'float32', 'bfloat16', 'float16'"),
     ({"steps": 0}, "steps must be >= 1"),
     ({"steps": 10, "epochs": 2}, "give exactly one of them"),
     ({"steps": None}, "give exactly one of them"),

@@ -65,6 +65,26 @@ def test_tiny_sam3_loss_falls_on_a_fixed_batch(clean_sample, tmp_path):
     assert result.report is not None and result.report.trainable == summary["trainable_params"]
 
 
+def test_frozen_base_in_bfloat16_trains_and_its_adapter_loads_into_a_float32_model(clean_sample, tmp_path):
+    from sam3_lora_kit.lora import load_adapter, lora_state_dict, stored_parameter_names
+    from sam3_lora_kit.sam3 import apply_lora, build_sam3
+    from sam3_lora_kit.train import train
+
+    model = build_sam3("tiny", device="cpu", image_size=IMAGE_SIZE)
+    cfg = params(clean_sample, tmp_path / "run", steps=2, save_every=2, frozen_dtype="bfloat16", activation_checkpointing=True)
+    result = train(cfg, model=model, progress=False)
+    stored = stored_parameter_names(model)
+    assert stored and all(name.endswith("weight") for name in stored)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    plain = build_sam3("tiny", device="cpu", image_size=IMAGE_SIZE)
+    apply_lora(plain, preset="all-attn", rank=4, alpha=8.0)
+    load_adapter(plain, tmp_path / "run" / "adapter.safetensors")
+    trained = lora_state_dict(model)
+    assert trained.keys() == lora_state_dict(plain).keys()
+    assert all(torch.equal(trained[k], lora_state_dict(plain)[k]) for k in trained)
+    assert any(k.endswith("lora_B") and trained[k].abs().sum() > 0 for k in trained)
+
+
 def _cli(config_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([sys.executable, "-m", "sam3_lora_kit.cli", "train", "--config", str(config_path), "--no-progress", *extra],

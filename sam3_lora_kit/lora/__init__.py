@@ -11,6 +11,7 @@ from sam3_lora_kit.lora.inject import (
     unmerge_lora,
 )
 from sam3_lora_kit.lora.layers import LoRALayer, LoRALinear, LoRAMultiheadAttention
+from sam3_lora_kit.lora.storage import StorageReport, restore_frozen_weights, store_frozen_weights, stored_parameter_names
 
 __all__ = [
     "AdapterError",
@@ -18,6 +19,7 @@ __all__ = [
     "LoRALinear",
     "LoRAMultiheadAttention",
     "LoRAReport",
+    "StorageReport",
     "architecture_fingerprint",
     "count_parameters",
     "inject_lora",
@@ -27,6 +29,9 @@ __all__ = [
     "merge_lora",
     "name_matches",
     "read_adapter_metadata",
+    "restore_frozen_weights",
     "save_adapter",
+    "store_frozen_weights",
+    "stored_parameter_names",
     "unmerge_lora",
 ]

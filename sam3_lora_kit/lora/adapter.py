@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,15 +37,24 @@ def _kit_version() -> str:
     return __version__
 
 
+_PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original(?=$|\.)")
+
+
 def architecture_fingerprint(model: nn.Module) -> str:
-    """A short hash of the base model's parameter names, shapes and dtypes (LoRA factors excluded)."""
-    digest = hashlib.sha256()
+    """A short hash of the base model's tensor names, shapes and kinds (LoRA factors excluded).
+
+    Floating-point tensors count as ``float`` whatever their precision, so an adapter trained
+    with the base in bfloat16 (or stored so: ``store_frozen_weights``) loads into the float32 model.
+    """
+    entries = []
     for name, tensor in model.state_dict().items():
         if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
             continue
-        # Names inside LoRA wrappers drop "base_layer." so the fingerprint is the plain model's.
-        digest.update(f"{name.replace('base_layer.', '')}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-    return digest.hexdigest()[:16]
+        # Names inside LoRA wrappers drop "base_layer."; stored weights drop their parametrization path.
+        plain = _PARAMETRIZED.sub(r".\1", name.replace("base_layer.", ""))
+        kind = "float" if tensor.is_floating_point() else str(tensor.dtype)
+        entries.append(f"{plain}:{tuple(tensor.shape)}:{kind};")
+    return hashlib.sha256("".join(sorted(entries)).encode()).hexdigest()[:16]
 
 
 def _layer_configs(model: nn.Module) -> dict[str, dict[str, Any]]:

@@ -178,8 +178,15 @@ def iter_lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALayer]]:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every adapter into its base weights (in place); returns ``model``."""
+    """Merge every adapter into its base weights (in place); returns ``model``.
+
+    Base weights kept in half precision (``store_frozen_weights``) become plain float32
+    parameters first, so the update is added at full precision.
+    """
+    from sam3_lora_kit.lora.storage import restore_frozen_weights
+
     for _, layer in iter_lora_layers(model):
+        restore_frozen_weights(layer.base_layer)
         layer.merge()  # each layer merges once, whatever order it is reached in
     return model
 

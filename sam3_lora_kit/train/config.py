@@ -22,6 +22,7 @@ __all__ = ["TrainConfig", "ConfigError"]
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_size": ("auto", "tiny", "full"),
     "qkv": ("fused", "split"),
+    "frozen_dtype": ("float32", "bfloat16", "float16"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
 }
 # key: (low, high, low included?, high included?); None: unbounded on that side.
@@ -71,6 +72,7 @@ class TrainConfig:
     alpha: float = 16.0  # LoRA scaling numerator: scaling = alpha / rank
     dropout: float = 0.0  # dropout on the LoRA input
     qkv: str = "fused"  # the ViT's fused qkv as one matrix ("fused") or as q, k, v slices ("split")
+    frozen_dtype: str = "float32"  # storage of the frozen base weights: "bfloat16"/"float16" halve their memory (best with activation_checkpointing)
     # schedule
     steps: int | None = 200  # optimizer steps; None when epochs is given
     epochs: float | None = None  # passes over the split; replaces steps when given

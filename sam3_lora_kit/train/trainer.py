@@ -69,6 +69,7 @@ def run_fingerprint(config: TrainConfig, model_size: str, model: nn.Module) -> d
         "rank": config.rank,
         "alpha": config.alpha,
         "qkv": config.qkv,
+        "frozen_dtype": config.frozen_dtype,
         "architecture": architecture_fingerprint(model),
     }
 
@@ -143,6 +144,13 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
         if progress and info.is_main:
             print(report.table())
     set_activation_checkpointing(model, config.activation_checkpointing)
+    if config.frozen_dtype != "float32":
+        from sam3_lora_kit.lora import store_frozen_weights, stored_parameter_names
+
+        if not stored_parameter_names(model):
+            storage = store_frozen_weights(model, getattr(torch, config.frozen_dtype))
+            if progress and info.is_main:
+                print(storage.summary())
     image_size = config.image_size or int(getattr(model, "image_size"))
 
     sampler = EpochSampler(len(dataset), config.batch_size, seed=config.seed, rank=info.rank, world_size=info.world_size)
