@@ -44,7 +44,8 @@ def test_notebook04_runs_under_papermill_on_a_converted_yolo_export(tmp_path):
     output = tmp_path / "run"
     executed = tmp_path / "executed.ipynb"
     parameters = {"dataset_dir": str(dataset), "model_size": "tiny", "rank": 2, "alpha": 4.0, "steps": 3,
-                  "lr": 1e-3, "batch_size": 1, "preset": "vision-attn", "eval_split": "test", "output_dir": str(output)}
+                  "lr": 1e-3, "batch_size": 1, "preset": "vision-attn", "eval_split": "test", "output_dir": str(output),
+                  "activation_checkpointing": True, "frozen_dtype": "bfloat16"}
     # cwd elsewhere than notebooks/: the notebook must not depend on it
     papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=parameters, cwd=str(tmp_path),
                                progress_bar=False, kernel_name="python3")
@@ -61,3 +62,4 @@ def test_notebook04_runs_under_papermill_on_a_converted_yolo_export(tmp_path):
     assert (output / "masks.png").stat().st_size > 0 and (output / "loss_curves.png").stat().st_size > 0
     text = executed.read_text()
     assert "MODEL SIZE: TINY" in text and "summary has every key: True" in text
+    assert "frozen tensors stored in bfloat16" in text  # the memory options reached the trainer
