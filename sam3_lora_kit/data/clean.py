@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.geometry import (box_polygon, check_box, check_rle, clean_polygons, polygons_bbox,
+from sam3_lora_kit.data.geometry import (box_area, box_polygon, check_box, check_rle, clean_polygons, polygons_bbox,
                                           polygons_to_rle, rle_area_bbox)
 from sam3_lora_kit.data.images import read_image
 from sam3_lora_kit.data.quirks import QuirkLog
@@ -50,8 +50,10 @@ def clean_annotation(raw: RawAnnotation, width: int, height: int, declared: tupl
     if not polygons:
         quirks.add("empty_mask", raw.where)
         return None
-    rle = polygons_to_rle(polygons, width, height)
-    area = int(mask_area(rle))
+    if seg is None:  # the box's own rectangle: its raster area without pycocotools
+        area = box_area(*box, width, height)
+    else:
+        area = int(mask_area(polygons_to_rle(polygons, width, height)))
     if area == 0:
         quirks.add("empty_mask", raw.where)
         return None

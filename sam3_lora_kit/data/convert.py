@@ -108,10 +108,10 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
             out = scratch / "out"
             for split in splits:
                 stats = report.splits.setdefault(split, SplitStats())
-                writer = SplitWriter(out / split, link=link)
-                for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
-                    writer.add(source, image)
-                writer.finish(report.categories)
+                with SplitWriter(out / split, report.categories, link=link) as writer:
+                    for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
+                        writer.add(source, image)
+                    writer.finish()
             before = {}
             finish_report(report, quirks)
             if strict:

@@ -1,18 +1,27 @@
-"""Polygons, RLE masks and boxes: checks, clipping, and bbox/area from the mask (pycocotools)."""
+"""Polygons, RLE masks and boxes: checks, clipping, and bbox/area from the mask (pycocotools).
+
+NumPy and pycocotools are imported where a polygon or an RLE needs them, so a box-only export
+(Pascal VOC) is cleaned without loading them (``box_area`` reproduces pycocotools' raster).
+"""
 from __future__ import annotations
 
 import math
-
-import numpy as np
-from pycocotools import mask as mask_utils
+from typing import TYPE_CHECKING
 
 from sam3_lora_kit.data.errors import DataError
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import Polygons, Rle
 
+if TYPE_CHECKING:
+    import numpy as np
+
+RASTER_SCALE = 5  # pycocotools' rleFrPoly upsamples polygon vertices by 5 before rasterising
+
 
 def check_numbers(values: list, where: str) -> list[float]:
     """Return ``values`` as finite floats, or raise naming the bad one."""
+    if all(type(v) is float for v in values) and all(map(math.isfinite, values)):
+        return list(values)  # the common case: already finite floats
     out = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -28,8 +37,34 @@ def box_polygon(x: float, y: float, w: float, h: float) -> list[float]:
     return [x, y, x + w, y, x + w, y + h, x, y + h]
 
 
+def box_area(x: float, y: float, w: float, h: float, width: int, height: int) -> int:
+    """Pixel area of ``box_polygon(x, y, w, h)`` rasterised by pycocotools (``rleFrPoly``) in a width x height image.
+
+    For this rectangle ``rleFrPoly`` marks column n when its upsampled top edge passes
+    ``5 n + 2``, from the row its top edge rounds to down to the row its bottom edge rounds to;
+    the same float operations as its C code give the same rows and columns.
+    """
+    x0, x1 = _upsampled(x), _upsampled(x + w)
+    first, last = max(-((2 - x0) // RASTER_SCALE), 0), min((x1 - 3) // RASTER_SCALE, width - 1)
+    if last < first:
+        return 0
+    return (last - first + 1) * (_raster_row(_upsampled(y + h), height) - _raster_row(_upsampled(y), height))
+
+
+def _upsampled(value: float) -> int:
+    return int(RASTER_SCALE * value + 0.5)  # C's (int)(scale * xy + .5)
+
+
+def _raster_row(v: int, height: int) -> int:
+    """rleFrPoly's downsampled row for an upsampled y: ``ceil(clamp((v + .5) / 5 - .5, 0, h))``."""
+    row = (v + 0.5) / RASTER_SCALE - 0.5
+    return math.ceil(0.0 if row < 0 else (float(height) if row > height else row))
+
+
 def _coords(polygon: object, where: str) -> np.ndarray:
     """A polygon as a float64 array of finite numbers, or raise naming the bad value."""
+    import numpy as np
+
     if isinstance(polygon, np.ndarray):  # a reader's own array (YOLO): float64, already checked finite
         return polygon
     if not isinstance(polygon, list):
@@ -48,6 +83,8 @@ def round3(values: np.ndarray) -> list[float]:
     ``round`` gives, unless the product's own rounding error moved ``v * 1000`` across a half
     (possible only within ~1e-7 of one for |v| < 1e6): those few values go through ``round``.
     """
+    import numpy as np
+
     scaled = values * 1000.0
     rounded = np.rint(scaled)
     out = (rounded / 1000.0).tolist()
@@ -59,6 +96,8 @@ def round3(values: np.ndarray) -> list[float]:
 
 def clean_polygons(polygons: list, width: int, height: int, where: str, quirks: QuirkLog) -> Polygons:
     """Check, de-duplicate the closing point, clip to the image, drop polygons under 3 points."""
+    import numpy as np
+
     if not isinstance(polygons, list):
         raise DataError(where, f"segmentation must be a list of polygons or an RLE dict, got {type(polygons).__name__}")
     if polygons and all(isinstance(v, (int, float)) for v in polygons):
@@ -85,8 +124,11 @@ def clean_polygons(polygons: list, width: int, height: int, where: str, quirks: 
 
 
 def polygons_to_rle(polygons: Polygons, width: int, height: int) -> dict:
-    """One merged compressed RLE for ``polygons``."""
-    return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    """One merged compressed RLE for ``polygons`` (one polygon's RLE needs no merge: the same bytes)."""
+    from pycocotools import mask as mask_utils
+
+    rles = mask_utils.frPyObjects(polygons, height, width)
+    return rles[0] if len(rles) == 1 else mask_utils.merge(rles)
 
 
 def polygons_bbox(polygons: Polygons) -> list[float]:
@@ -100,6 +142,9 @@ def polygons_bbox(polygons: Polygons) -> list[float]:
 def check_rle(rle: dict, width: int, height: int, declared: tuple[int, int] | None, where: str,
               quirks: QuirkLog) -> dict:
     """Validate an RLE and return it compressed (counts as text), resized if only the JSON size was off."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
     size, counts = rle.get("size"), rle.get("counts")
     if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
                                                                  for v in size)):
@@ -132,6 +177,8 @@ def check_rle(rle: dict, width: int, height: int, declared: tuple[int, int] | No
 
 def rle_area_bbox(rle: dict) -> tuple[int, list[float]]:
     """Pixel area and tight (x, y, w, h) box of a text-counts RLE."""
+    from pycocotools import mask as mask_utils
+
     encoded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
     return int(mask_utils.area(encoded)), [float(v) for v in mask_utils.toBbox(encoded)]
 

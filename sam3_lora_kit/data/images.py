@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sam3_lora_kit.data.errors import DataError
+from sam3_lora_kit.data.jpeg import jpeg_size
 
 
 @dataclass
@@ -48,20 +49,30 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def read_image(path: Path) -> CheckedImage:
-    """Read ``path`` once, decode it (catching truncated or corrupt files) and return bytes and size.
+    """Read ``path`` once, check it decodes (catching truncated or corrupt files) and return bytes and size.
 
-    JPEGs are decoded at 1/8 scale (``Image.draft``): libjpeg still reads every entropy-coded
-    block, so a truncated or corrupt file still fails, but the inverse DCT and colour conversion
-    shrink 64-fold. Other formats are decoded in full.
+    A plain, complete baseline JPEG is checked from its markers alone (``jpeg.jpeg_size``: the
+    cases where Pillow would decode it with that size). Anything else goes through Pillow:
+    JPEGs decoded at 1/8 scale (``Image.draft``: libjpeg still reads every entropy-coded block,
+    so a truncated file still fails), other formats in full.
     """
-    from PIL import Image
-
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:  # Path.read_bytes without its wrappers
+            data = file.read()
     except IsADirectoryError:
         raise DataError(path, "image is a folder, not a file") from None
     except OSError as error:
         raise DataError(path, f"image cannot be read ({error.strerror})") from None
+    size = jpeg_size(data)
+    if size is not None:
+        return CheckedImage(path, size[0], size[1], data)
+    return _decode(path, data)
+
+
+def _decode(path: Path, data: bytes) -> CheckedImage:
+    """Pillow's check of ``data`` (the bytes of ``path``): open, then decode (JPEGs at 1/8 scale)."""
+    from PIL import Image
+
     with _open(path, data) as image:
         width, height = image.size
         try:

@@ -26,6 +26,8 @@ def check_relative_name(name: str, where: str | Path) -> str:
     """Return ``name`` as a clean POSIX relative path, or raise if it could escape its folder."""
     if not isinstance(name, str) or not name.strip():
         raise DataError(where, f"empty or non-text file name {name!r}")
+    if _is_plain_name(name):
+        return name
     if "\x00" in name:
         raise DataError(where, f"file name {name!r} contains a NUL byte")
     posix = name.replace("\\", "/")
@@ -35,6 +37,11 @@ def check_relative_name(name: str, where: str | Path) -> str:
     if ".." in parts:
         raise DataError(where, f"file name {name!r} contains '..' (escapes the export)")
     return str(PurePosixPath(*[p for p in parts if p != "."]))
+
+
+def _is_plain_name(name: str) -> bool:
+    """True for a single file name that no path rule can change: no separator, drive colon, NUL, '.' or '..'."""
+    return name not in (".", "..") and not any(c in name for c in "/\\:\x00")
 
 
 def _real_inside(path: str, real_root: str) -> bool:
@@ -76,12 +83,31 @@ def safe_join(root: Path, name: str, where: str | Path, allow_link: bool = False
 
 
 def check_no_escaping_links(root: Path) -> None:
-    """Raise if any link under ``root`` points outside it (checked before reading an export)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            if path.is_symlink() and not is_inside(path, root):
-                raise DataError(path, f"link pointing outside the export ({os.readlink(path)})")
+    """Raise if any link under ``root`` points outside it (checked before reading an export).
+
+    Visits entries in ``os.walk``'s order (top down; in each folder its subfolders, then its
+    files; links to folders not followed), reading each folder once with ``os.scandir``.
+    """
+    pending = [str(root)]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # unreadable: skipped, as os.walk does
+        folders = [e for e in entries if _is_dir(e)]
+        for entry in folders + [e for e in entries if not _is_dir(e)]:
+            if entry.is_symlink() and not is_inside(Path(entry.path), root):
+                raise DataError(Path(entry.path), f"link pointing outside the export ({os.readlink(entry.path)})")
+        pending.extend(e.path for e in reversed(folders) if not e.is_symlink())
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def safe_extract_zip(archive: Path, target: Path) -> None:
@@ -105,10 +131,25 @@ def safe_extract_zip(archive: Path, target: Path) -> None:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder`` (links followed), sorted by name."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    with os.scandir(folder) as listing:
+        names = sorted(e.name for e in listing if _suffix(e.name).lower() in IMAGE_SUFFIXES and _is_file(e))
+    return [folder / name for name in names]
+
+
+def _suffix(name: str) -> str:
+    """``PurePath(name).suffix``: from the last dot, unless the name starts or ends with it."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def find_split_dir(root: Path, split: str) -> Path | None:

@@ -40,17 +40,17 @@ def poor_prompt_reason(name: str) -> str | None:
 class SplitTracker:
     """Finds images shared between splits: identical bytes, or one Roboflow source image."""
 
-    by_hash: dict[str, str] = field(default_factory=dict)  # md5 -> "split/file"
+    by_hash: dict[bytes, str] = field(default_factory=dict)  # sha256 digest -> "split/file"
     by_source: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (split, file)
 
     def add(self, split: str, path: Path, file_name: str, quirks: QuirkLog, data: bytes | None = None) -> None:
         """Note the image ``path`` (its bytes ``data`` when already read) of ``split``."""
-        digest = hashlib.md5(path.read_bytes() if data is None else data).hexdigest()
+        digest = hashlib.sha256(path.read_bytes() if data is None else data).digest()  # sha256: hardware-accelerated
         here = f"{split}/{file_name}"
         other = self.by_hash.setdefault(digest, here)
         if other != here and other.split("/", 1)[0] != split:
             quirks.add("shared_between_splits", f"{other} = {here}")
-        match = _ROBOFLOW_SOURCE.match(Path(file_name).name)
+        match = _ROBOFLOW_SOURCE.match(file_name if "/" not in file_name else Path(file_name).name)
         if match:
             seen = self.by_source.setdefault(match["source"], (split, file_name))
             if seen[0] != split:
@@ -79,7 +79,7 @@ def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTrac
                strict: bool = False) -> Iterator[tuple[Path, CleanImage]]:
     """Clean images of ``split`` one at a time, counting into ``stats``; yields (source file, clean image)."""
     for raw in reader.iter_images(split):
-        before = {q.code: q.count for q in quirks.quirks.values()}
+        before = {q.code: q.count for q in quirks.quirks.values()} if strict else {}
         stats.images_in += 1
         stats.instances_in += len(raw.annotations)
         image = clean_image(raw, quirks)

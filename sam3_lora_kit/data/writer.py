@@ -1,65 +1,186 @@
-"""Write one split of a clean COCO dataset: images copied (or linked) as they come, JSON at the end."""
+"""Write one split of a clean COCO dataset: images placed as they come, COCO records streamed to disk.
+
+Memory stays flat with the split's size: each image's and annotation's JSON is appended to an
+unnamed temporary file as it comes, and ``finish`` joins them into ``_annotations.coco.json``
+(byte for byte what ``json.dumps`` of the whole document gives). Image files are written (or
+linked) by one background thread, so the file system's latency overlaps with the cleaning of
+the next images; about ``QUEUED_IMAGES`` images wait in memory at a time.
+"""
 from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import tempfile
+import threading
 from pathlib import Path
+from types import TracebackType
 
 from sam3_lora_kit.data.clean import CleanImage
 from sam3_lora_kit.data.errors import DataError
 
 ANNOTATION_FILE = "_annotations.coco.json"
+QUEUED_IMAGES = 16  # images handed to the placing thread and not yet on disk (about)
+BATCH_IMAGES = 4  # images handed over at a time
+_COMPACT = (",", ":")
+# what open(target, "wb") asks for: binary (Windows), not inherited by child processes
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def place_file(source: Path, target: str | Path, data: bytes | None, link: bool) -> None:
+    """Put one image at ``target``: a link to ``source``, its bytes ``data``, or a copy of ``source``."""
+    if link:
+        os.symlink(source.resolve(), target)
+    elif data is not None:  # the bytes the cleaner read and checked: no second read
+        _write_bytes(target, data)
+    else:
+        shutil.copyfile(source, target)
+
+
+def _write_bytes(target: str | Path, data: bytes) -> None:
+    """``open(target, "wb").write(data)`` in three system calls (open, write, close)."""
+    fd = os.open(target, _WRITE_FLAGS, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+class _Placer:
+    """One thread placing image files in order, handed over in batches (fewer thread wake-ups).
+
+    The first error is raised in the caller's thread, at a later ``put`` or at ``close``.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue(maxsize=max(QUEUED_IMAGES // BATCH_IMAGES, 1))
+        self._batch: list[tuple[Path, str | Path, bytes | None, bool]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sam3-lora-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._jobs.get()
+            if batch is None:
+                return
+            for job in batch:
+                if self._error is None:
+                    try:
+                        place_file(*job)
+                    except BaseException as error:  # noqa: BLE001 (handed to the caller's thread)
+                        self._error = error
+
+    def put(self, source: Path, target: str | Path, data: bytes | None, link: bool) -> None:
+        """Queue one file (blocks while ``QUEUED_IMAGES`` wait); raises an earlier placement's error."""
+        self.check()
+        self._batch.append((source, target, data, link))
+        if len(self._batch) >= BATCH_IMAGES:
+            self._jobs.put(self._batch)
+            self._batch = []
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Wait until every queued file is placed (or skipped after an error) and stop the thread."""
+        if self._batch:
+            self._jobs.put(self._batch)
+            self._batch = []
+        self._jobs.put(None)
+        self._thread.join()
 
 
 class SplitWriter:
-    """Collects one split's COCO records (compact polygons/RLE, never dense masks) and copies its images."""
+    """Writes one split: compact COCO records (polygons/RLE, never dense masks) and its image files.
 
-    def __init__(self, folder: Path, link: bool = False) -> None:
+    Use as a context manager: leaving the block waits for the image files, also on an error.
+    """
+
+    def __init__(self, folder: Path, categories: list[str], link: bool = False) -> None:
         self.folder, self.link = folder, link
-        self.images: list[dict] = []
-        self.annotations: list[dict] = []  # "category" holds the name until ``finish``
+        self.category_ids = {name: k for k, name in enumerate(categories, 1)}  # ids 1..K in the order given
+        self.num_images = self.num_annotations = 0
         self._names: set[str] = set()
         self._made: set[Path] = {folder}  # folders known to exist
+        self._folder_str = str(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        self._images = tempfile.TemporaryFile(dir=folder)  # unnamed: nothing to clean up
+        self._annotations = tempfile.TemporaryFile(dir=folder)
+        self._placer = _Placer()
+        self._encoder = json.JSONEncoder(separators=_COMPACT)  # what json.dumps(..., separators=_COMPACT) uses
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the image files and release the temporary files (``finish`` and ``__exit__`` call it)."""
+        if self._placer is not None:
+            self._placer.close()
+            self._placer = None
+        self._images.close()
+        self._annotations.close()
 
     def add(self, source: Path, image: CleanImage) -> None:
         """Place the image file and record its annotations."""
         if image.file_name in self._names:
             raise DataError(source, f"file name {image.file_name!r} appears twice in one split")
         self._names.add(image.file_name)
-        target = self.folder / image.file_name
-        if target.parent not in self._made:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(target.parent)
-        if self.link:
-            os.symlink(source.resolve(), target)
-        elif image.data is not None:  # the bytes the cleaner read and checked: no second read
-            with open(target, "wb") as out:
-                out.write(image.data)
+        if "/" in image.file_name:  # in a subfolder of the split
+            target = self.folder / image.file_name
+            if target.parent not in self._made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(target.parent)
         else:
-            shutil.copyfile(source, target)
+            target = os.path.join(self._folder_str, image.file_name)
+        self._placer.put(source, target, image.data, self.link)
         image.data = None
-        image_id = len(self.images) + 1
-        self.images.append({"id": image_id, "file_name": image.file_name, "width": image.width,
-                            "height": image.height})
-        for ann in image.annotations:
-            self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, **ann})
-
-    def finish(self, categories: list[str]) -> Path:
-        """Write ``_annotations.coco.json`` with category ids 1..K in the order of ``categories``."""
-        ids = {name: k for k, name in enumerate(categories, 1)}
+        self.num_images += 1
+        record = {"id": self.num_images, "file_name": image.file_name, "width": image.width, "height": image.height}
+        self._append(self._images, self.num_images == 1, [record])
         annotations = []
-        for ann in self.annotations:
-            ann = dict(ann)
-            ann["category_id"] = ids[ann.pop("category")]
-            annotations.append(ann)
-        doc = {
-            "info": {"description": "converted by sam3-lora-kit"},
-            "images": self.images,
-            "annotations": annotations,
-            "categories": [{"id": k, "name": name, "supercategory": "object"} for name, k in ids.items()],
-        }
+        for ann in image.annotations:
+            coco = {"id": self.num_annotations + len(annotations) + 1, "image_id": self.num_images, **ann}
+            coco["category_id"] = self.category_ids[coco.pop("category")]  # the name becomes the last key, an id
+            annotations.append(coco)
+        self._append(self._annotations, self.num_annotations == 0, annotations)
+        self.num_annotations += len(annotations)
+
+    def _append(self, part, first: bool, records: list[dict]) -> None:
+        """Append ``records`` to a JSON list being streamed: one encoding per image, commas between records."""
+        if records:
+            text = self._encoder.encode(records)[1:-1]  # "[a,b]" -> "a,b", as json.dumps joins list items
+            part.write((text if first else "," + text).encode("ascii"))
+
+    def finish(self) -> Path:
+        """Wait for the image files, then write ``_annotations.coco.json`` (category ids 1..K)."""
+        self._placer.close()
+        self._placer, placer = None, self._placer
+        placer.check()
+        categories = [{"id": k, "name": name, "supercategory": "object"} for name, k in self.category_ids.items()]
         path = self.folder / ANNOTATION_FILE
-        path.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+        with open(path, "wb") as out:
+            out.write(b'{"info":' + _dumps({"description": "converted by sam3-lora-kit"}) + b',"images":[')
+            _copy_part(self._images, out)
+            out.write(b'],"annotations":[')
+            _copy_part(self._annotations, out)
+            out.write(b'],"categories":' + _dumps(categories) + b"}")
+        self.close()
         return path
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=_COMPACT).encode("ascii")
+
+
+def _copy_part(part, out) -> None:
+    part.seek(0)
+    shutil.copyfileobj(part, out)

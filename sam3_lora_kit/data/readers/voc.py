@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.paths import IMAGE_SUFFIXES, SPLIT_NAMES, find_split_dir, safe_join, safe_lookup
+from sam3_lora_kit.data.paths import (IMAGE_SUFFIXES, SPLIT_NAMES, check_relative_name, find_split_dir, safe_join,
+                                      safe_lookup)
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
 
 
 def parse_xml(path: Path) -> ET.Element:
     """Parse ``path``; refuse DTDs (entity tricks) and report parse errors on one line."""
-    data = path.read_bytes()
+    with open(path, "rb") as file:  # Path.read_bytes without its wrappers
+        data = file.read()
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise DataError(path, "XML with a DOCTYPE or ENTITY declaration is refused")
     try:
@@ -36,6 +38,16 @@ def _text(element: ET.Element, tag: str, path: Path, what: str) -> str:
 
 
 def _number(element: ET.Element, tag: str, path: Path, what: str) -> float:
+    """The number in child ``tag``; a missing, empty, non-numeric or infinite one raises (``_checked_number``)."""
+    child = element.find(tag)
+    try:
+        value = float(child.text)  # float() ignores surrounding whitespace as str.strip() does
+    except (AttributeError, TypeError, ValueError):
+        return _checked_number(element, tag, path, what)
+    return value if math.isfinite(value) else _checked_number(element, tag, path, what)
+
+
+def _checked_number(element: ET.Element, tag: str, path: Path, what: str) -> float:
     text = _text(element, tag, path, what)
     try:
         value = float(text)
@@ -87,45 +99,50 @@ class VocReader:
     def __init__(self, root: Path, quirks: QuirkLog) -> None:
         self.root, self.quirks = root, quirks
         self._dirs = {s: d for s in SPLIT_NAMES if (d := find_split_dir(root, s)) and any(d.glob("*.xml"))}
-        self._xml: dict[str, list[Path]] = {}
-        self._parsed: dict[Path, VocRecord] = {}
+        self._xml: dict[str, list[str]] = {}  # split -> XML file names, sorted
+        self._parsed: dict[tuple[str, str], VocRecord] = {}  # (split, XML name) -> what categories() read
 
     def splits(self) -> list[str]:
         return list(self._dirs)
 
-    def _xml_files(self, split: str) -> list[Path]:
+    def _xml_files(self, split: str) -> list[str]:
         if split not in self._xml:
-            self._xml[split] = sorted(self._dirs[split].glob("*.xml"))
+            self._xml[split] = sorted(p.name for p in self._dirs[split].glob("*.xml"))  # one folder: by name
         return self._xml[split]
 
     def categories(self) -> list[str]:
         """Every object name over all splits, sorted (VOC declares no class list)."""
         names: set[str] = set()
-        for split in self._dirs:
-            for xml in self._xml_files(split):
-                record = self._parsed[xml] = read_voc_file(xml)
+        for split, folder in self._dirs.items():
+            for xml_name in self._xml_files(split):
+                record = self._parsed[split, xml_name] = read_voc_file(folder / xml_name)
                 names.update(name for name, _ in record[3])
         return sorted(names)
 
-    def _image_path(self, folder: Path, xml: Path, filename: str | None) -> Path:
+    def _image_path(self, folder: Path, xml: Path, filename: str | None) -> tuple[Path, str]:
+        """The image an XML describes and its name relative to the split folder (POSIX)."""
         if filename:
             path, is_file = safe_lookup(folder, filename, xml)
-            if is_file:
-                return path
+            if is_file:  # path is folder / the clean name: relative to folder, the clean name itself
+                return path, check_relative_name(filename, xml)
         stem = str(xml)[: -len(xml.suffix)] if xml.suffix else str(xml)
         for suffix in IMAGE_SUFFIXES:  # the image next to the XML, with the same stem
             if os.path.isfile(candidate := stem + suffix):
-                return Path(candidate)
-        return safe_join(folder, filename, xml) if filename else xml.with_suffix(".jpg")
+                path = Path(candidate)
+                break
+        else:
+            path = safe_join(folder, filename, xml) if filename else xml.with_suffix(".jpg")
+        return path, path.relative_to(folder).as_posix()
 
     def iter_images(self, split: str) -> Iterator[RawImage]:
         folder = self._dirs[split]
-        for xml in self._xml_files(split):
-            parsed = self._parsed.pop(xml, None)
+        for xml_name in self._xml_files(split):
+            xml = folder / xml_name
+            parsed = self._parsed.pop((split, xml_name), None)
             filename, width, height, objects = parsed if parsed is not None else read_voc_file(xml)
-            path = self._image_path(folder, xml, filename)
+            path, file_name = self._image_path(folder, xml, filename)
             where = str(xml)
-            record = RawImage(file_name=path.relative_to(folder).as_posix(), path=path, where=where,
+            record = RawImage(file_name=file_name, path=path, where=where,
                               width=width if width > 0 else None, height=height if height > 0 else None)
             for index, (name, box) in enumerate(objects, 1):
                 record.annotations.append(RawAnnotation(name, None, box, f"{where} (object {index})"))

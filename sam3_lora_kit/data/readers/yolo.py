@@ -136,7 +136,7 @@ class YoloReader:
         images = list_images(images_dir)
         stems = {p.stem for p in images}
         if labels_dir.is_dir():
-            for label in sorted(labels_dir.glob("*.txt")):
+            for label in sorted(labels_dir.glob("*.txt"), key=lambda p: p.name):  # one folder: by name
                 if label.stem not in stems:
                     self.quirks.add("orphan_label", str(label))
         for path in images:
