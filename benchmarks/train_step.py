@@ -198,6 +198,7 @@ def worker(spec: dict) -> dict:
     out["vit_block_saved_bytes"] = sum(n for ptr, n in seen.items() if ptr not in param_ptrs)
     out["vit_block_input_bytes"] = x.numel() * (2 if cuda else 4)
     out["vit_global_blocks"] = [i for i, b in enumerate(vit.blocks) if getattr(b, "window_size", 0) == 0]
+    out["vit_trainable"] = any(p.requires_grad for p in vit.parameters())
     del x, y
     return out
 
@@ -286,7 +287,7 @@ def memory_model(row: dict) -> dict | None:
 
     weights = all parameters x their bytes (frozen ones stored in bf16: 2 B); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B;
     activations = ViT blocks x (block saved bytes, or block input bytes when checkpointed, plus
-    one block recomputed) + what the rest of the model saves (forward total minus the ViT part).
+    one block recomputed; nothing when no ViT parameter trains) + what the rest of the model saves (forward total minus the ViT part).
     Steady state (after a first step): weights + AdamW + max(activations, gradients), since
     activations are freed while gradients fill. A first step alone: weights + max(activations,
     gradients + AdamW). Plus the process's runtime (RSS after the build less the weights).
@@ -297,7 +298,10 @@ def memory_model(row: dict) -> dict | None:
     grads = row["trainable_bytes"]
     adamw = 2 * row["trainable_bytes"]
     blocks = row["vit_blocks"]
-    if row["config"]["act_ckpt"]:
+    # A ViT with nothing to train (detector-attn) is outside the backward pass: it saves nothing.
+    if not row.get("vit_trainable", row["config"]["preset"] != "detector-attn"):
+        vit_saved = vit_peak = 0
+    elif row["config"]["act_ckpt"]:
         vit_saved = blocks * row["vit_block_input_bytes"]
         vit_peak = vit_saved + row["vit_block_saved_bytes"]
     else:
@@ -443,7 +447,8 @@ def goals(rows: list[dict]) -> dict:
 def project_1008_bf16(row: dict) -> dict | None:
     """The memory model carried from a 504 px fp32 CPU run to 1008 px under bf16 autocast on CUDA.
 
-    Parameters, gradients and AdamW state stay fp32 (autocast does not cast them); activations
+    Parameters keep their stored precision (fp32, or bf16 for frozen weights stored so), gradients
+    and AdamW state stay fp32 (autocast does not cast them); activations
     scale with the tokens (x4: attention on CUDA uses fused kernels whose saved state is linear
     in the tokens) and halve in bf16; no runtime term (``max_memory_allocated`` counts tensors
     only). A projection, to be replaced by the CUDA measurement.
@@ -464,6 +469,7 @@ def _gib(value: float | None) -> str:
 
 def report(result: dict, out_dir) -> str:
     body = dict(result["result"])
+    body["runs"] = [{**row, "memory_model": memory_model(row)} for row in body["runs"]]
     body["ratios"], body["goals"] = ratios(body["runs"]), goals(body["runs"])  # derived from the runs by this code
     params = body["parameters"]
     lines = [f"## {TITLE}", "",
