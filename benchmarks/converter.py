@@ -10,8 +10,9 @@ images hard-linked). Each converter runs end to end as its own process, one afte
 - supervision: ``sv.DetectionDataset.from_yolo(...)`` / ``from_pascal_voc(...)`` then
   ``.as_coco(annotations_path=...)`` per split (annotations only; images not written).
 
-Reported: images/s and instances/s over the whole command (interpreter start and imports
-included), peak RSS (the process's ``VmHWM``), the kit/supervision ratios, and image and
+Each pair runs ``--repeats`` times (who goes first alternates; outputs are deleted between runs,
+outside the timed process). Reported: images/s and instances/s over the whole command
+(interpreter start and imports included; median of the repeats), peak RSS (the process's ``VmHWM``), the kit/supervision ratios, and image and
 annotation counts of both outputs, which must be equal.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -151,21 +153,30 @@ def run(settings: Settings, log=print) -> dict:
             for fmt in ("yolo", "voc"):
                 src = tmp / fmt
                 kit_out, sv_out = tmp / f"kit-{fmt}", tmp / f"sv-{fmt}"
-                kit = measure_module("sam3_lora_kit.cli", ["convert", str(src), str(kit_out), "--format", fmt, "--overwrite"])
+                kit_runs, sv_runs = [], []
+                for repeat in range(settings.repeats):  # alternate who goes first: file-system state drifts
+                    order = ("kit", "sv") if repeat % 2 == 0 else ("sv", "kit")
+                    for side in order:
+                        if side == "kit":
+                            shutil.rmtree(kit_out, ignore_errors=True)  # not in the kit's time: --overwrite would delete it
+                            kit_runs.append(measure_module("sam3_lora_kit.cli", ["convert", str(src), str(kit_out), "--format", fmt, "--overwrite"]))
+                        else:
+                            shutil.rmtree(sv_out, ignore_errors=True)
+                            sv_runs.append(_measure_supervision(fmt, src, sv_out))
+                kit, sv = _combine(kit_runs), _combine(sv_runs)
                 kit["counts"] = kit_counts(kit_out)
-                sv = measure_module("benchmarks.converter", ["--supervision", fmt, str(src), str(sv_out)])
-                sv_doc = sv_out / "counts.json"
-                sv_figures = json.loads(sv_doc.read_text()) if sv_doc.exists() else {}
-                sv["import_s"], sv["convert_s"] = sv_figures.pop("import_s", None), sv_figures.pop("convert_s", None)
-                sv["counts"] = sv_figures or None
+                sv["counts"] = sv_runs[-1]["counts"]
                 row = {"format": fmt, "images": made["images"], "instances": made["instances"], "kit": kit, "supervision": sv}
                 for side in (kit, sv):
                     side["images_per_s"] = made["images"] / side["wall_s"]
                     side["instances_per_s"] = made["instances"] / side["wall_s"]
                 row["counts_equal"] = kit["counts"] == sv["counts"]
-                row["throughput_ratio"] = sv["wall_s"] / kit["wall_s"]  # kit images/s over supervision's
+                # kit images/s over supervision's: the median over repeats of the paired ratio
+                row["throughput_ratio"] = statistics.median(s_["wall_s"] / k["wall_s"] for k, s_ in zip(kit_runs, sv_runs))
                 # the same, with supervision's import time removed from its side only (conservative for the kit)
-                row["throughput_ratio_sv_without_import"] = (sv["convert_s"] / kit["wall_s"]) if sv.get("convert_s") else None
+                row["throughput_ratio_sv_without_import"] = (
+                    statistics.median(s_["convert_s"] / k["wall_s"] for k, s_ in zip(kit_runs, sv_runs))
+                    if all(s_.get("convert_s") for s_ in sv_runs) else None)
                 row["memory_ratio"] = (kit["peak_rss"] / sv["peak_rss"]) if kit["peak_rss"] and sv["peak_rss"] else None
                 rows.append(row)
                 log(f"  {fmt:<4} {made['images']:>5} images: kit {kit['images_per_s']:.0f} img/s "
@@ -174,6 +185,27 @@ def run(settings: Settings, log=print) -> dict:
     return {"parameters": {"sample": str(sample), "sizes": QUICK_SIZES if settings.quick else FULL_SIZES,
                            "goals": GOALS, "supervision_backend": _sv_backend()},
             "runs": rows, "goals": goals(rows)}
+
+
+def _measure_supervision(fmt: str, src: Path, dst: Path) -> dict:
+    """One supervision run in its own process: wall time, peak RSS, its import and convert times, counts."""
+    run_ = measure_module("benchmarks.converter", ["--supervision", fmt, str(src), str(dst)])
+    doc = dst / "counts.json"
+    figures = json.loads(doc.read_text()) if doc.exists() else {}
+    run_["import_s"], run_["convert_s"] = figures.pop("import_s", None), figures.pop("convert_s", None)
+    run_["counts"] = figures or None
+    return run_
+
+
+def _combine(runs: list[dict]) -> dict:
+    """Repeats of one side: median wall time (and import/convert times), largest peak, every run kept."""
+    combined = {"wall_s": statistics.median(r["wall_s"] for r in runs),
+                "peak_rss": max((r["peak_rss"] or 0 for r in runs), default=0) or None,
+                "returncode": max(r["returncode"] for r in runs), "runs": runs}
+    for key in ("import_s", "convert_s"):
+        if all(r.get(key) is not None for r in runs):
+            combined[key] = statistics.median(r[key] for r in runs)
+    return combined
 
 
 def _sv_backend() -> str:
@@ -185,7 +217,8 @@ def _sv_backend() -> str:
 
 
 def goals(rows: list[dict]) -> dict:
-    ratios = [row["throughput_ratio_sv_without_import"] or row["throughput_ratio"] for row in rows]
+    ratios = [row["throughput_ratio"] for row in rows]
+    strict = [row["throughput_ratio_sv_without_import"] for row in rows if row.get("throughput_ratio_sv_without_import")]
     largest = max((row["images"] for row in rows), default=0)
     peaks = [row["kit"]["peak_rss"] for row in rows if row["images"] == largest and row["kit"]["peak_rss"]]
     by_size = {}
@@ -195,7 +228,11 @@ def goals(rows: list[dict]) -> dict:
     growth = {fmt: sizes[max(sizes)] / sizes[min(sizes)] for fmt, sizes in by_size.items() if len(sizes) > 1}
     return {"throughput_vs_supervision": {"limit": GOALS["throughput_vs_supervision"], "value": min(ratios) if ratios else None,
                                           "met": bool(ratios) and min(ratios) >= GOALS["throughput_vs_supervision"],
-                                          "note": "worst case; supervision's import time excluded, the kit's included"},
+                                          "note": "worst case over formats and sizes; each converter as a whole process, as a user runs it"},
+            "throughput_vs_supervision_sv_import_excluded": {
+                "limit": GOALS["throughput_vs_supervision"], "value": min(strict) if strict else None,
+                "met": bool(strict) and min(strict) >= GOALS["throughput_vs_supervision"],
+                "note": "stricter reading: worst case with supervision's import time removed, the kit's kept"},
             "peak_gb_1570_images": {"limit": GOALS["peak_gb_1570_images"], "value": max(peaks) / 1e9 if peaks else None,
                                     "met": bool(peaks) and max(peaks) / 1e9 <= GOALS["peak_gb_1570_images"],
                                     "note": f"measured at {largest} images"},
