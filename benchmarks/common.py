@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -79,23 +80,45 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start_s
 
 
-def interleaved_times(variants: Mapping[str, Callable[[], object]], settings: Settings) -> dict[str, list[float]]:
-    """Time every variant ``settings.repeats`` times, interleaved (ABC, BCA, CAB, ...).
+def interleaved_times(
+    variants: Mapping[str, Callable[[], object]], settings: Settings, min_sample_s: float = 0.0
+) -> dict[str, list[float]]:
+    """Seconds per call of every variant, ``settings.repeats`` samples each, interleaved (ABC, BCA, CAB, ...).
 
     Contention from other processes then hits all variants alike; each variant first runs
-    ``settings.warmup`` times untimed.
+    ``settings.warmup`` times untimed. With ``min_sample_s`` > 0, each timed sample loops the
+    call enough times that every sample lasts at least ``min_sample_s`` (the same count for
+    every variant, so paired samples stay comparable), and reports the time per call:
+    short calls then average over many runs instead of one.
     """
     names = list(variants)
     for _ in range(settings.warmup):
         for name in names:
             variants[name]()
+    calls = calls_per_sample(variants, settings.device, min_sample_s)
     synchronize(settings.device)
     times: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(settings.repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(time_once(variants[name], settings.device))
+            times[name].append(time_once(_looped(variants[name], calls), settings.device) / calls)
     return times
+
+
+def calls_per_sample(variants: Mapping[str, Callable[[], object]], device: torch.device, min_sample_s: float) -> int:
+    """Calls per timed sample so that the fastest variant's sample lasts ``min_sample_s`` (1 if 0)."""
+    if min_sample_s <= 0:
+        return 1
+    fastest = min(time_once(fn, device) for fn in variants.values())
+    return max(1, math.ceil(min_sample_s / max(fastest, 1e-9)))
+
+
+def _looped(fn: Callable[[], object], calls: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(calls):
+            fn()
+
+    return run
 
 
 def summarise(times: Mapping[str, list[float]], reference: str) -> dict:

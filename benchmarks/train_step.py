@@ -299,7 +299,7 @@ def memory_model(row: dict) -> dict | None:
     adamw = 2 * row["trainable_bytes"]
     blocks = row["vit_blocks"]
     # A ViT with nothing to train (detector-attn) is outside the backward pass: it saves nothing.
-    if not row.get("vit_trainable", row["config"]["preset"] != "detector-attn"):
+    if not row.get("vit_trainable", row["config"].get("preset") != "detector-attn"):
         vit_saved = vit_peak = 0
     elif row["config"]["act_ckpt"]:
         vit_saved = blocks * row["vit_block_input_bytes"]

@@ -281,3 +281,138 @@ def test_many_token_fused_path_is_as_accurate_as_peft(in_features, out_features,
         error_peft = (peft(x).double() - exact).abs().max().item()
     assert error_ours <= 2 * error_peft + 1e-7
     assert error_ours <= 2e-6
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def num_threads(request):
+    """Run a test at 1 and at 2 CPU threads (the thin gradient products split over tokens only with 2+)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _float64_reference(layer: LoRALinear, x: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``y``, ``grad_x``, ``grad_A``, ``grad_B`` of the LoRA layer computed in float64 by plain autograd."""
+    base = layer.base_layer
+    x64 = x.detach().double().requires_grad_(True)
+    a64 = layer.lora_A.detach().double().requires_grad_(True)
+    b64 = layer.lora_B.detach().double().requires_grad_(True)
+    bias = base.bias.double() if base.bias is not None else None
+    y = nn.functional.linear(x64, base.weight.double(), bias) + (x64 @ a64.t() @ b64.t()) * layer.scaling
+    y.backward(grad_out.double())
+    return y.detach(), x64.grad, a64.grad, b64.grad
+
+
+FUSED_GRAD_CASES = [
+    # in, out, rank, bias, input shape prefix (tokens not divisible by the chunk count included)
+    (64, 96, 8, True, (1, 1000)),
+    (256, 256, 8, False, (2, 517)),
+    (32, 512, 16, True, (600,)),
+    (128, 48, 4, True, (3, 257)),
+]
+
+
+@pytest.mark.parametrize("in_features,out_features,rank,bias,prefix", FUSED_GRAD_CASES)
+def test_fused_path_gradients_are_as_accurate_as_peft(in_features, out_features, rank, bias, prefix, num_threads):
+    """Output and all three gradients of the fused path against float64, no worse than PEFT's."""
+    from sam3_lora_kit.lora.layers import _use_fused
+
+    torch.manual_seed(0)
+    base = nn.Linear(in_features, out_features, bias=bias)
+    ours = LoRALinear(copy.deepcopy(base), rank, 2 * rank)
+    peft = _peft_linear(copy.deepcopy(base), rank, 2 * rank, False)
+    _randomise_b(ours, std=0.02)
+    with torch.no_grad():
+        peft.lora_A["default"].weight.copy_(ours.lora_A)
+        peft.lora_B["default"].weight.copy_(ours.lora_B)
+    x = torch.randn(*prefix, in_features)
+    grad_out = torch.randn(*prefix, out_features)
+    assert _use_fused(x, base.weight)
+    exact = _float64_reference(ours, x, grad_out)
+    errors = {}
+    for name, layer, factors in (("ours", ours, (ours.lora_A, ours.lora_B)),
+                                 ("peft", peft, (peft.lora_A["default"].weight, peft.lora_B["default"].weight))):
+        x_in = x.clone().requires_grad_(True)
+        y = layer(x_in)
+        y.backward(grad_out)
+        got = (y, x_in.grad, *(f.grad for f in factors))
+        errors[name] = [((g.double() - e).abs().max() / e.abs().max()).item() for g, e in zip(got, exact)]
+    for mine, theirs in zip(errors["ours"], errors["peft"]):
+        assert mine <= 2 * theirs + 1e-7
+        assert mine <= 2e-6
+
+
+@pytest.mark.parametrize("tokens", [1000, 40])  # fused path, in-place path
+def test_output_allows_inplace_ops_views_and_second_backward(tokens):
+    """The fused output is a column slice of a wider buffer: in-place ops, head-splitting views and
+    ``retain_graph`` backward passes must behave as with ``nn.Linear``."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(64, 3 * 32), 4, 8)
+    _randomise_b(layer)
+    reference = nn.Linear(64, 3 * 32)
+    with torch.no_grad():
+        reference.weight.copy_(layer.weight)
+        reference.bias.copy_(layer.bias)
+    x = torch.randn(2, tokens, 64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    outs = []
+    for module, inp in ((layer, x), (reference, x_ref)):
+        y = module(inp)
+        y.mul_(2.0).add_(1.0)  # in-place on the output
+        qkv = y.view(2, tokens, 3, 4, 8).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, head_dim), as a ViT splits qkv
+        outs.append(qkv[0].sum() + qkv[2].pow(2).sum())
+    for out, inp in zip(outs, (x, x_ref)):
+        out.backward(retain_graph=True)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-4)
+    grad_a = layer.lora_A.grad.clone()
+    outs[0].backward()  # a second pass through the saved tensors gives the same increment
+    assert torch.allclose(layer.lora_A.grad, 2 * grad_a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", [1000, 40])
+def test_frozen_factors_still_pass_input_gradient(tokens):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(64, 96), 4, 8)
+    _randomise_b(layer)
+    layer.lora_A.requires_grad_(False), layer.lora_B.requires_grad_(False)
+    x = torch.randn(tokens, 64, requires_grad=True)
+    layer(x).sum().backward()
+    expected = torch.ones(tokens, 96) @ layer.weight.detach()
+    assert torch.allclose(x.grad, expected, atol=1e-4)
+    assert layer.lora_A.grad is None and layer.lora_B.grad is None
+
+
+@pytest.mark.parametrize("tokens,dtype", [(1000, torch.float32), (1029, torch.float64), (300, torch.float32), (1000, torch.bfloat16)])
+def test_thin_product_matches_matmul(tokens, dtype, num_threads):
+    from sam3_lora_kit.lora.layers import _thin_product
+
+    torch.manual_seed(0)
+    a, b = torch.randn(tokens, 8, dtype=dtype), torch.randn(tokens, 200, dtype=dtype)
+    exact = a.double().t() @ b.double()
+    got = _thin_product(a, b)
+    assert got.shape == (8, 200) and got.dtype == dtype
+    plain_error = ((a.t() @ b).double() - exact).abs().max()
+    assert (got.double() - exact).abs().max() <= 2 * plain_error + 1e-12
+
+
+def test_merged_linear_computes_exactly_the_base():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(32, 48), 4, 8)
+    _randomise_b(layer, std=0.3)
+    layer.merge()
+    x = torch.randn(5, 32)
+    assert torch.equal(layer(x), nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_merged_mha_computes_exactly_the_base(training):
+    """A merged wrapper runs the wrapped module itself: bit-identical to a plain module with the merged weights."""
+    torch.manual_seed(0)
+    wrapper = LoRAMultiheadAttention(nn.MultiheadAttention(32, 4, batch_first=True), 4, 8)
+    _randomise_b(wrapper, std=0.3)
+    wrapper.merge()
+    reference = _reference_attention(wrapper, batch_first=True).requires_grad_(False)  # frozen like the wrapped module
+    wrapper.train(training), reference.train(training)
+    x = torch.randn(2, 9, 32)
+    assert torch.equal(wrapper(x, x, x, need_weights=False)[0], reference(x, x, x, need_weights=False)[0])

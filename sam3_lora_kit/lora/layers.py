@@ -12,12 +12,15 @@ update is the block-diagonal product, with zero rows for the slices left out.
 Speed: custom autograd functions return gradients for the input, ``A`` and ``B`` only (never
 for the frozen weight), so a frozen base layer with LoRA costs little more than the frozen base
 layer. With many tokens per weight (float32, ``tokens * (in + out) >= in * out``, every ViT
-layer at 1008 px) the update is folded into the weight, ``x @ (W + s * B @ A)^T``: one GEMM
-forward and one GEMM ``grad_y @ [W_eff | B]`` backward give ``grad_x`` and ``grad_y @ B``
-together, because thin GEMMs with a rank-sized dimension run far below a large GEMM's speed
-(on CPU). With few tokens (decoder queries, text) or in half precision (where adding a small
-update to the weight would round it away) the low-rank products are added into the base
-products in place instead. ``benchmarks/`` measures both against PEFT and the frozen layer.
+layer at 1008 px) the update is folded into the weight, ``x @ (W + s * B @ A)^T``, because thin
+GEMMs with a rank-sized dimension run far below a large GEMM's speed (on CPU): one GEMM against
+``[W_eff; s * A]`` gives ``y`` and ``x @ A^T`` together forward (``y`` is then a column slice with
+row stride ``out + R``, rounded up to a multiple of 8), one GEMM against ``[W_eff | s * B]`` gives ``grad_x`` and ``grad_y @ B``
+together backward, and the two gradient reductions over tokens run as batched products over
+token chunks when several CPU threads can share them. With few tokens (decoder queries, text) or
+in half precision (where adding a small update to the weight would round it away) the low-rank
+products are added into the base products in place instead. A merged layer runs its base module
+unchanged. ``benchmarks/`` measures both paths against PEFT and the frozen layer.
 The attention wrapper calls PyTorch's ``scaled_dot_product_attention`` and never builds the
 L x L score matrix unless ``need_weights=True`` is asked for.
 """
@@ -34,13 +37,64 @@ __all__ = ["LoRALinear", "LoRAMultiheadAttention", "LoRALayer"]
 
 # Subclasses of nn.MultiheadAttention whose forward always passes need_weights=False.
 _FORCES_NO_WEIGHTS = frozenset({"sam3.model.model_misc.MultiheadAttentionWrapper"})
+# Fewest tokens per chunk when a thin gradient product is split over token chunks.
+_MIN_CHUNK_TOKENS = 256
+# Stacked GEMM outputs get a row length that is a multiple of this (zero padding): on CPU (MKL,
+# AVX2, 2 threads) x @ W^T with 1024 + 4 output columns ran about 25 % slower than with 1024 + 8.
+_ROW_ALIGN = 8
 
 
-def _factor_grads(x, x_a, grad_y_2d, grad_y_b, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``A (R, in)`` and ``B (out, R)`` from ``x``, ``x @ A^T`` and ``grad_y``, ``grad_y @ B``."""
-    grad_A = (grad_y_b.t() @ x.reshape(-1, x.shape[-1])).mul_(scaling)  # (R, in)
-    grad_B = (x_a.t() @ grad_y_2d).mul_(scaling).t()  # (out, R); this order runs faster than grad_y^T @ x_a
+def _aligned(width: int) -> int:
+    """``width`` rounded up to a multiple of ``_ROW_ALIGN``."""
+    return width + (-width) % _ROW_ALIGN
+
+
+def _reduction_chunks(tokens: int, dtype: torch.dtype, device: torch.device) -> int:
+    """How many token chunks a thin ``a^T @ b`` is split into: two per CPU thread, or 1 (no split).
+
+    With 2+ threads a batched product over token chunks keeps every thread busy where one GEMM
+    with a rank-sized dimension does not; chunk sums are only taken in float32/float64, so half
+    precision keeps the single fp32-accumulated product.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or dtype not in (torch.float32, torch.float64):
+        return 1
+    return max(1, min(2 * threads, tokens // _MIN_CHUNK_TOKENS))
+
+
+def _thin_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a^T @ b`` for ``a (N, p)``, ``b (N, q)`` with ``p`` rank-sized: a sum over ``N``."""
+    tokens = a.shape[0]
+    chunks = _reduction_chunks(tokens, a.dtype, a.device)
+    if chunks < 2:
+        return a.t() @ b  # (p, q)
+    whole = tokens - tokens % chunks
+    a_chunks = a[:whole].view(chunks, -1, a.shape[1]).transpose(1, 2)  # (k, p, N/k)
+    b_chunks = b[:whole].view(chunks, -1, b.shape[1])  # (k, N/k, q)
+    product = torch.bmm(a_chunks, b_chunks).sum(0)  # (p, q)
+    if whole < tokens:
+        product.addmm_(a[whole:].t(), b[whole:])
+    return product
+
+
+def _factor_grads(ctx, x_2d, x_a, grad_y_2d, grad_y_b) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``A (R, in)`` and ``B (out, R)``; ``x_a`` and ``grad_y_b`` already carry the scaling."""
+    grad_A = _thin_product(grad_y_b, x_2d) if ctx.needs_input_grad[3] else None  # (R, in)
+    grad_B = _thin_product(x_a, grad_y_2d).t() if ctx.needs_input_grad[4] else None  # (out, R); faster than grad_y^T @ x_a
     return grad_A, grad_B
+
+
+def _untracked_columns(buffer: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The first ``shape[-1]`` columns of a contiguous ``(N, width)`` buffer as ``shape``, not tracked as a view.
+
+    A custom Function may not return a view of a tensor it made (in-place ops on it would then
+    fail), so the columns are handed out through ``set_`` on the same storage instead.
+    """
+    strides, step = [1], buffer.shape[1]
+    for size in reversed(shape[:-1]):  # leading dims, row-major over rows of ``width``
+        strides.insert(0, step)
+        step *= size
+    return buffer.new_empty(0).set_(buffer.untyped_storage(), buffer.storage_offset(), tuple(shape), tuple(strides))
 
 
 class _LoRALinearFunction(torch.autograd.Function):
@@ -66,33 +120,46 @@ class _LoRALinearFunction(torch.autograd.Function):
         x, weight, lora_A, lora_B, x_a = ctx.saved_tensors
         scaling = ctx.scaling
         grad_y_2d = grad_y.reshape(-1, grad_y.shape[-1])  # (N, out)
-        grad_y_b = grad_y_2d @ lora_B  # (N, R)
+        grad_y_b = grad_y_2d @ (lora_B * scaling)  # (N, R) scaled
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_y_2d @ weight  # (N, in)
-            grad_x.addmm_(grad_y_b, lora_A, alpha=scaling)
+            grad_x.addmm_(grad_y_b, lora_A)
             grad_x = grad_x.view(x.shape)
-        grad_A, grad_B = _factor_grads(x, x_a, grad_y_2d, grad_y_b, scaling)
+        grad_A, grad_B = _factor_grads(ctx, x.reshape(-1, x.shape[-1]), x_a * scaling, grad_y_2d, grad_y_b)
         return grad_x, None, None, grad_A, grad_B, None
 
 
 class _LoRALinearFusedFunction(torch.autograd.Function):
     """The same ``y`` as ``_LoRALinearFunction`` computed as ``x @ (W + s * B @ A)^T + b``.
 
-    Forward: one weight-sized ``addmm`` then one GEMM. Backward: one GEMM against the stacked
-    ``[W_eff | B]`` (out, in + R) yields ``grad_x`` and ``grad_y @ B`` at once; ``W_eff`` is
-    rebuilt rather than saved, so no weight-sized tensor is kept for backward. ``grad_x`` is
-    returned as a column slice of that product (row stride ``in + R``).
+    Forward: one GEMM against the stacked ``[W_eff; s * A]`` (out + R, in) yields ``y`` and
+    ``s * x @ A^T`` at once; ``y`` is the first ``out`` columns of that product (row stride
+    ``out + R`` rounded up to a multiple of 8 with zero rows; ``reshape`` and splitting views
+    work, ``view`` merging the last dimension does not). Backward: one GEMM against the stacked
+    ``[W_eff | s * B]`` (out, in + R, padded alike) yields ``grad_x`` (returned as a column
+    slice) and ``s * grad_y @ B``.
+    ``W_eff`` is rebuilt rather than saved, so no weight-sized tensor is kept for backward.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float):  # type: ignore[override]
-        w_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)  # (out, in)
-        y = F.linear(x, w_eff, bias)  # (..., out)
-        x_a = x.reshape(-1, x.shape[-1]) @ lora_A.t()  # (N, R)
+        out_features, in_features = weight.shape
+        rank = lora_A.shape[0]
+        width = _aligned(out_features + rank)
+        stacked = weight.new_empty(width, in_features)  # [W_eff; s * A; 0]
+        torch.addmm(weight, lora_B, lora_A, alpha=scaling, out=stacked[:out_features])
+        torch.mul(lora_A, scaling, out=stacked[out_features:out_features + rank])
+        stacked[out_features + rank:].zero_()
+        x_2d = x.reshape(-1, in_features)  # (N, in)
+        if bias is None:
+            both = x_2d @ stacked.t()  # (N, width)
+        else:
+            both = torch.addmm(torch.cat([bias, bias.new_zeros(width - out_features)]), x_2d, stacked.t())
+        x_a = both[:, out_features:out_features + rank].clone()  # (N, R) scaled; a copy, so y's buffer is not kept
         ctx.save_for_backward(x, weight, lora_A, lora_B, x_a)
         ctx.scaling = scaling
-        return y
+        return _untracked_columns(both, (*x.shape[:-1], out_features))  # (..., out), row stride width
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
@@ -102,15 +169,17 @@ class _LoRALinearFusedFunction(torch.autograd.Function):
         grad_y_2d = grad_y.reshape(-1, out_features)  # (N, out)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            stacked = weight.new_empty(out_features, in_features + lora_A.shape[0])  # [W_eff | B]
+            rank = lora_A.shape[0]
+            stacked = weight.new_empty(out_features, _aligned(in_features + rank))  # [W_eff | s * B | 0]
             stacked[:, :in_features].copy_(weight).addmm_(lora_B, lora_A, alpha=scaling)
-            stacked[:, in_features:].copy_(lora_B)
-            grad_both = grad_y_2d @ stacked  # (N, in + R)
+            torch.mul(lora_B, scaling, out=stacked[:, in_features:in_features + rank])
+            stacked[:, in_features + rank:].zero_()
+            grad_both = grad_y_2d @ stacked  # (N, width)
             grad_x = grad_both[:, :in_features].view(x.shape)
-            grad_y_b = grad_both[:, in_features:]  # (N, R)
+            grad_y_b = grad_both[:, in_features:in_features + rank]  # (N, R) scaled
         else:
-            grad_y_b = grad_y_2d @ lora_B  # (N, R)
-        grad_A, grad_B = _factor_grads(x, x_a, grad_y_2d, grad_y_b, scaling)
+            grad_y_b = grad_y_2d @ (lora_B * scaling)  # (N, R)
+        grad_A, grad_B = _factor_grads(ctx, x.reshape(-1, in_features), x_a, grad_y_2d, grad_y_b)
         return grad_x, None, None, grad_A, grad_B, None
 
 
@@ -186,15 +255,16 @@ def lora_linear(
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` plus ``layer``'s low-rank update, honouring autocast."""
     lora_A, lora_B = layer.lora_factors()
-    cast = _autocast_dtype(x.device.type)
-    dtype = cast if cast is not None else weight.dtype
-    dropout_active = layer.training and isinstance(layer.lora_dropout, nn.Dropout)
-    if dropout_active or weight_trainable:
+    if (layer.training and isinstance(layer.lora_dropout, nn.Dropout)) or weight_trainable:
         # Plain autograd: the update sees dropped-out inputs, or the base itself trains.
         base_out = F.linear(x, weight, bias)
         x_a = F.linear(layer.lora_dropout(x).to(lora_A.dtype), lora_A)  # (..., R)
         return base_out + (F.linear(x_a, lora_B) * layer.scaling).to(base_out.dtype)
-    x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
+    cast = _autocast_dtype(x.device.type)
+    dtype = cast if cast is not None else weight.dtype
+    if not (x.dtype == lora_A.dtype == lora_B.dtype == dtype):
+        x, lora_A, lora_B = x.to(dtype), lora_A.to(dtype), lora_B.to(dtype)
+    weight = weight.to(dtype)
     bias = bias.to(dtype) if bias is not None else None
     function = _LoRALinearFusedFunction if _use_fused(x, weight) else _LoRALinearFunction
     if cast is None:
@@ -248,11 +318,12 @@ class LoRALinear(LoRALayer):
         return base_weight + self.delta_weight().to(base_weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if self.merged:
-            return self.base_layer(x)
-        weight = self.base_layer.weight
-        trainable = weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        return lora_linear(x, weight, self.bias, self, weight_trainable=trainable)
+        base = self.base_layer
+        if self.merged:  # exactly the base layer's computation
+            return base(x)
+        weight, bias = base.weight, base.bias
+        trainable = weight.requires_grad or (bias is not None and bias.requires_grad)
+        return lora_linear(x, weight, bias, self, weight_trainable=trainable)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -419,6 +490,9 @@ class LoRAMultiheadAttention(LoRALayer):
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         base = self.base_layer
+        if self.merged:  # exactly the base module's computation (out_proj reads its merged weight)
+            return base(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+                        average_attn_weights=average_attn_weights, is_causal=is_causal)
         need_weights = need_weights and not self.forces_no_weights
         if need_weights or base.bias_k is not None or base.add_zero_attn or query.is_nested:
             return self._forward_reference(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
