@@ -49,6 +49,7 @@ GOALS = {"linear_vs_base": 1.10, "linear_vs_base_feasible": 1.10, "linear_vs_pef
          "merged_vs_base": 1.02}
 MIN_SAMPLE_S = 0.1  # each timed sample loops the call until it lasts this long
 MERGED_MIN_REPEATS = 9  # merged vs base runs the same kernels: only more samples shrink the noise
+MHA_MIN_REPEATS = 11  # attention dominates these cases: the three variants differ by a few percent
 
 
 def available() -> str | None:
@@ -197,9 +198,11 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
 
 
 def _mha_case(embed_dim: int, heads: int, tokens: int, rank: int, settings: Settings) -> dict:
+    """``LoRAMultiheadAttention`` against PEFT's and the plain module (at least ``MHA_MIN_REPEATS`` samples)."""
     from sam3_lora_kit.lora import LoRAMultiheadAttention
 
     device = settings.device
+    settings = dataclasses.replace(settings, repeats=max(settings.repeats, MHA_MIN_REPEATS))
     torch.manual_seed(0)
     base = nn.MultiheadAttention(embed_dim, heads, batch_first=True, device=device).requires_grad_(False)
     ours = LoRAMultiheadAttention(copy.deepcopy(base), rank, 2 * rank, targets=("q", "k", "v", "out"))
@@ -288,6 +291,15 @@ GOAL_TEXT = {
 }
 
 
+def _spread(summary: dict, name: str, reference: str) -> str:
+    """Quartiles ``q1-q3`` of the paired ratios ``name / reference`` behind a median: the run's noise."""
+    times = summary.get("times_s", {})
+    if name not in times or reference not in times or len(times[name]) < 4:
+        return "n/a"
+    q1, _, q3 = statistics.quantiles([a / b for a, b in zip(times[name], times[reference])], n=4)
+    return f"{q1:.3f}-{q3:.3f}"
+
+
 def report(result: dict, out_dir) -> str:
     """The Markdown section for ``result``; writes ``lora_layers.png`` into ``out_dir``."""
     body = result["result"]
@@ -325,17 +337,18 @@ def report(result: dict, out_dir) -> str:
               f"ratio's distance from 1 is measurement noise ({', '.join(map(str, repeats)) or 'n/a'} paired samples "
               f"per variant, each at least {body['parameters'].get('min_sample_s', 0) * 1000:.0f} ms).", ""]
     rows = [[c["tokens"], mode, fmt_ms(c[mode]["median_s"]["base"]), fmt_ms(c[mode]["median_s"]["merged"]),
-             fmt_ratio(c[mode]["ratio"]["merged"])] for c in body["merged"] for mode in ("train", "inference")]
-    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base"], rows))
+             fmt_ratio(c[mode]["ratio"]["merged"]), _spread(c[mode], "merged", "base")]
+            for c in body["merged"] for mode in ("train", "inference")]
+    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base", "paired ratios q1-q3"], rows))
     lines += ["", "### Multi-head attention (E=256, 8 heads, rank 8, self-attention, fwd+bwd)", ""]
     rows = [[c["tokens"], fmt_ms(c["vs_base"]["median_s"]["base"]), fmt_ms(c["vs_base"]["median_s"]["lora"]),
              fmt_ms(c["vs_base"]["median_s"]["peft"]), fmt_ratio(c["vs_base"]["ratio"]["lora"]),
              fmt_ratio(c["vs_base"]["ratio"]["peft"]), fmt_ratio(c["vs_peft"]["ratio"]["lora"]),
-             f"{c['trainable']['lora']:,} / {c['trainable']['peft']:,}",
+             _spread(c["vs_peft"], "lora", "peft"), f"{c['trainable']['lora']:,} / {c['trainable']['peft']:,}",
              f"{fmt_mib(c['saved_bytes']['lora'])} / {fmt_mib(c['saved_bytes']['peft'])} / {fmt_mib(c['saved_bytes']['base'])}"]
             for c in body["mha"]]
     lines.append(markdown_table(["tokens", "base ms", "kit ms", "PEFT ms", "kit/base", "PEFT/base", "kit/PEFT",
-                                 "trainable kit / PEFT", "saved MiB kit / PEFT / base"], rows))
+                                 "kit/PEFT q1-q3", "trainable kit / PEFT", "saved MiB kit / PEFT / base"], rows))
     lines.append("\nThe kit adapts q, k, v with one rank-8 factor pair each; PEFT adapts the packed in_proj with one.")
     _plot(body, out_dir / "lora_layers.png")
     lines += ["", "![LoRA layer cost relative to the frozen base](lora_layers.png)"]
