@@ -180,3 +180,24 @@ def test_shared_and_small_parameters_stay_as_they_are():
 def test_other_storage_dtypes_are_refused(dtype):
     with pytest.raises(ValueError, match="bfloat16 or torch.float16"):
         store_frozen_weights(_lora_toy(), dtype)
+
+
+def test_adapter_with_the_previous_fingerprint_still_loads(tmp_path):
+    """Adapters written before precision left the fingerprint carry the old hash; they load into the same model."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sam3_lora_kit.lora.adapter import _fingerprint_v0
+
+    source, target = _lora_toy(), _lora_toy(seed=1)
+    path = save_adapter(source, tmp_path / "new.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={**metadata, "fingerprint": _fingerprint_v0(source)})
+    assert _fingerprint_v0(source) != architecture_fingerprint(source)
+    load_adapter(target, old)
+    assert all(torch.equal(lora_state_dict(target)[k], v) for k, v in lora_state_dict(source).items())
+    save_file(tensors, str(old), metadata={**metadata, "fingerprint": "0123456789abcdef"})
+    with pytest.raises(Exception, match="another base architecture"):
+        load_adapter(target, old)

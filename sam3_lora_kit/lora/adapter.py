@@ -57,6 +57,15 @@ def architecture_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256("".join(sorted(entries)).encode()).hexdigest()[:16]
 
 
+def _fingerprint_v0(model: nn.Module) -> str:
+    """The fingerprint kit 0.1.0 wrote (names in state-dict order, dtypes included), so its adapters still load."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if name.rsplit(".", 1)[-1] not in ("lora_A", "lora_B"):
+            digest.update(f"{name.replace('base_layer.', '')}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return digest.hexdigest()[:16]
+
+
 def _layer_configs(model: nn.Module) -> dict[str, dict[str, Any]]:
     configs = {}
     for name, layer in iter_lora_layers(model):
@@ -141,7 +150,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     extra = [name for name in have if name not in meta["layers"]]
     if extra and strict:
         raise AdapterError(f"{path}: the model has a LoRA layer at {extra[0]!r} that the adapter lacks")
-    if strict and meta["fingerprint"] != architecture_fingerprint(model):
+    if strict and meta["fingerprint"] not in (architecture_fingerprint(model), _fingerprint_v0(model)):
         raise AdapterError(f"{path}: adapter was made for another base architecture (fingerprint {meta['fingerprint']} != {architecture_fingerprint(model)})")
     params = lora_state_dict(model)
     with safe_open(str(path), framework="pt") as handle:
