@@ -135,3 +135,23 @@ def test_full_grid_covers_sam3_shapes(in_features, out_features):
 ])
 def test_summarise_pairs_repeats(times, expected):
     assert summarise(times, "base")["ratio"]["lora"] == pytest.approx(expected)
+
+
+def test_ratios_pair_runs_of_the_same_image_size():
+    gib = 2**30
+
+    def row(preset, image_size, peak_gib, frozen="float32"):
+        config = {"size": "full", "preset": preset, "act_ckpt": True, "image_size": image_size, "device": "cpu",
+                  "frozen_dtype": frozen}
+        return {"config": config, "status": "ok", "peak_rss": peak_gib * gib, "s_per_step": 1.0}
+
+    rows = [row("all-attn", 504, 4.0, "bfloat16"), row("full", 504, 14.0), row("all-attn", 1008, 7.0, "bfloat16")]
+    by_size = {entry["image_size"]: entry for entry in train_step.ratios(rows)}
+    assert by_size[504]["full_over_lora_memory"] == pytest.approx(3.5)
+    assert "full_over_lora_memory" not in by_size[1008] and by_size[1008]["full_status"] == "not run"
+    goals = train_step.goals(rows)
+    assert goals["full_over_lora_memory"]["value"] == pytest.approx(3.5)
+    assert goals["lora_peak_gb_1008_cpu"]["value"] == pytest.approx(7.0 * gib / 1e9)
+    assert goals["lora_peak_gb_1008_cpu"]["met"] is True
+    rows[2]["peak_rss"] = 9 * gib
+    assert train_step.goals(rows)["lora_peak_gb_1008_cpu"]["met"] is False
