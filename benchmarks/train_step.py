@@ -15,7 +15,8 @@ killer pick another process (children also raise their own ``oom_score_adj``).
   checkpointing, against full fine-tuning measured the same way, one at a time, within a
   time budget (the default preset and full fine-tuning first); on the CPU, last, the default
   preset at 1008 px with checkpointing and its frozen base in bf16 (the goal's configuration,
-  measured by whole-process RSS with fp32 compute).
+  measured by whole-process RSS with fp32 compute), then full fine-tuning at 1008 px with
+  checkpointing where the machine has the memory.
 
 A memory model (weights + gradients + AdamW state + activations, from parameter counts and
 the bytes autograd saves) is computed for each configuration and set beside what was measured.
@@ -195,7 +196,10 @@ def worker(spec: dict) -> dict:
     # One ViT block alone at the tokens it saw: the bytes it saves for backward (the model's unit).
     seen.clear()
     x = torch.randn(shapes[0], device=device, requires_grad=True)  # (B, H/14, W/14, C): block 0's input
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast_context(device, dtype):
+    from sam3_lora_kit.lora import saving_stored_weights
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast_context(device, dtype), \
+            saving_stored_weights(vit.blocks[0]):  # as training_step_loss saves them
         y = vit.blocks[0](x)
     out["vit_blocks"] = len(vit.blocks)
     out["vit_block_saved_bytes"] = sum(n for ptr, n in seen.items() if ptr not in param_ptrs)
@@ -340,9 +344,9 @@ def _configs(settings: Settings) -> list[dict]:
     order += [(preset, ckpt, "float32") for ckpt in (False, True) for preset in LORA_PRESETS if preset != DEFAULT_PRESET]
     full = [{**base, **steps, "size": "full", "image_size": image_size, "preset": preset, "act_ckpt": ckpt,
              "frozen_dtype": frozen} for preset, ckpt, frozen in order]
-    if not cuda:  # the goal's configuration at the official size, by RSS (CUDA runs at 1008 px anyway)
-        full.append({**base, **steps, "size": "full", "image_size": FULL_CUDA_IMAGE_SIZE, "preset": DEFAULT_PRESET,
-                     "act_ckpt": True, "frozen_dtype": "bfloat16"})
+    if not cuda:  # the goal's configuration at the official size, by RSS, and full fine-tuning if it fits
+        full += [{**base, **steps, "size": "full", "image_size": FULL_CUDA_IMAGE_SIZE, "preset": preset,
+                  "act_ckpt": True, "frozen_dtype": frozen} for preset, frozen in ((DEFAULT_PRESET, "bfloat16"), ("full", "float32"))]
     return tiny + full
 
 

@@ -1,6 +1,7 @@
 """store_frozen_weights: frozen base weights kept in half precision under a LoRA adapter."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -15,6 +16,7 @@ from sam3_lora_kit.lora import (
     merge_lora,
     restore_frozen_weights,
     save_adapter,
+    saving_stored_weights,
     store_frozen_weights,
     stored_parameter_names,
 )
@@ -201,3 +203,49 @@ def test_adapter_with_the_previous_fingerprint_still_loads(tmp_path):
     save_file(tensors, str(old), metadata={**metadata, "fingerprint": "0123456789abcdef"})
     with pytest.raises(Exception, match="another base architecture"):
         load_adapter(target, old)
+
+
+def _saved_storage_bytes(model: nn.Module, x: torch.Tensor, keep_stored: bool) -> tuple[int, torch.Tensor, dict[str, torch.Tensor]]:
+    """Bytes of the distinct storages autograd saves in one forward (parameters excluded), then the step's grads."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with saving_stored_weights(model) if keep_stored else contextlib.nullcontext():
+            out = model(x)
+    out.square().sum().backward()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    return sum(n for ptr, n in seen.items() if ptr not in params), out.detach(), grads
+
+
+def test_saving_stored_weights_keeps_the_half_tensors_not_float32_copies_for_backward():
+    """Every frozen layer here saves its weight for backward: without the context that is a
+    float32 upcast per stored weight; with it, the stored parameter (no new bytes) instead."""
+    model = _lora_toy()
+    report = store_frozen_weights(model, torch.bfloat16)
+    x = torch.randn(2, 50, 8)
+    plain_bytes, out_plain, grads_plain = _saved_storage_bytes(model, x, keep_stored=False)
+    kept_bytes, out_kept, grads_kept = _saved_storage_bytes(model, x, keep_stored=True)
+    assert plain_bytes - kept_bytes == 2 * report.bytes_after  # each stored weight's float32 copy, once
+    assert kept_bytes > 0  # the enclosing hooks still received every activation
+    assert torch.equal(out_plain, out_kept)
+    assert grads_plain.keys() == grads_kept.keys() and len(grads_kept) == 12
+    for name in grads_plain:
+        assert torch.equal(grads_plain[name], grads_kept[name]), name
+    for module in model.modules():  # the context leaves no recorder behind
+        assert getattr(module, "upcasts", None) is None
+
+
+def test_saving_stored_weights_leaves_a_model_without_stored_weights_alone():
+    model = _lora_toy()
+    x = torch.randn(2, 50, 8)
+    plain_bytes, out_plain, grads_plain = _saved_storage_bytes(model, x, keep_stored=False)
+    kept_bytes, out_kept, grads_kept = _saved_storage_bytes(model, x, keep_stored=True)
+    assert plain_bytes == kept_bytes > 0 and torch.equal(out_plain, out_kept)
+    for name in grads_plain:
+        assert torch.equal(grads_plain[name], grads_kept[name]), name

@@ -11,7 +11,13 @@ from sam3_lora_kit.lora.inject import (
     unmerge_lora,
 )
 from sam3_lora_kit.lora.layers import LoRALayer, LoRALinear, LoRAMultiheadAttention
-from sam3_lora_kit.lora.storage import StorageReport, restore_frozen_weights, store_frozen_weights, stored_parameter_names
+from sam3_lora_kit.lora.storage import (
+    StorageReport,
+    restore_frozen_weights,
+    saving_stored_weights,
+    store_frozen_weights,
+    stored_parameter_names,
+)
 
 __all__ = [
     "AdapterError",
@@ -31,6 +37,7 @@ __all__ = [
     "read_adapter_metadata",
     "restore_frozen_weights",
     "save_adapter",
+    "saving_stored_weights",
     "store_frozen_weights",
     "stored_parameter_names",
     "unmerge_lora",

@@ -7,21 +7,26 @@ returns the stored tensor upcast to float32 for float32 compute, or the stored t
 under autocast (which would cast a float32 weight to the same half dtype for its matmuls, so
 there the results do not change at all). Small tensors (norms, biases, scales) stay float32.
 
-The upcast copy is made where the weight is read and freed after use, except where autograd
-saves it for backward (a frozen layer whose input needs a gradient): with activation
-checkpointing those layers are recomputed block by block, so nearly the whole saving remains.
+The upcast copy is made where the weight is read and freed after use. Where autograd would save
+it for backward (a frozen layer whose input needs a gradient), ``saving_stored_weights(model)``
+(entered by the training step around the forward) makes autograd keep the stored tensor
+instead and upcast it again when backward needs it, so the saving holds with or without
+activation checkpointing.
 State-dict keys of stored parameters gain ``parametrizations.<name>.original``;
 ``restore_frozen_weights`` undoes the storage (float32 again, plain keys).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import weakref
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["StorageReport", "store_frozen_weights", "restore_frozen_weights", "stored_parameter_names"]
+__all__ = ["StorageReport", "saving_stored_weights", "store_frozen_weights", "restore_frozen_weights", "stored_parameter_names"]
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 DEFAULT_MIN_NUMEL = 1 << 16  # 65,536 elements: projection matrices and embeddings, not norms or biases
@@ -38,11 +43,16 @@ class _StoredInHalf(nn.Module):
         super().__init__()
         self.storage_dtype = storage_dtype
         self.compute_dtype = compute_dtype
+        # Set by ``saving_stored_weights`` while it is active: upcast storage address -> (upcast, stored).
+        self.upcasts: dict[int, tuple[weakref.ref, torch.Tensor]] | None = None
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(stored.device.type):
             return stored  # autocast casts matmul inputs to its own dtype anyway
-        return stored.to(self.compute_dtype)
+        upcast = stored.to(self.compute_dtype)
+        if self.upcasts is not None:
+            self.upcasts[upcast.untyped_storage().data_ptr()] = (weakref.ref(upcast), stored)
+        return upcast
 
     def extra_repr(self) -> str:
         return f"stored={self.storage_dtype}, compute={self.compute_dtype}"
@@ -113,6 +123,72 @@ def store_frozen_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16,
         report.bytes_after += original.numel() * original.element_size()
         report.names.append(full_name)
     return report
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _StoredView:
+    """What autograd keeps in place of (a view of) an upcast weight: the stored tensor and the view."""
+
+    stored: torch.Tensor
+    dtype: torch.dtype
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+    def upcast(self) -> torch.Tensor:
+        return self.stored.to(self.dtype).as_strided(self.size, self.stride, self.offset)
+
+
+def _enclosing_saved_tensors_hooks() -> tuple[Callable[[torch.Tensor], Any], Callable[[Any], torch.Tensor]] | None:
+    """The ``saved_tensors_hooks`` pair already active (a caller's), so ours can hand other tensors on to it."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top(False) if top is not None else None
+
+
+@contextlib.contextmanager
+def saving_stored_weights(model: nn.Module) -> Iterator[None]:
+    """While active, autograd saves a stored weight in place of its float32 upcast (and views of it).
+
+    Without it, a frozen layer whose input needs a gradient keeps the upcast copy (twice the
+    stored bytes) until backward; with it, backward upcasts the stored tensor again (one layer at
+    a time). Results are bit-identical. A ``saved_tensors_hooks`` pair that is already active
+    (activation offloading, a profiler's) still receives every other tensor; activation
+    checkpointing's own hooks take over inside checkpointed regions, where nothing is saved.
+    A model with no stored weights is left alone.
+    """
+    chains = [p for module in model.modules() if (own := _own_parametrizations(module)) is not None
+              for chain in own.values() for p in chain if isinstance(p, _StoredInHalf)]
+    if not chains:
+        yield
+        return
+    upcasts: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+    enclosing = _enclosing_saved_tensors_hooks()
+
+    def pack(tensor: torch.Tensor) -> Any:
+        try:
+            address = tensor.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # no plain storage (sparse, nested, subclasses)
+            address = None
+        entry = upcasts.get(address) if address is not None else None
+        upcast = entry[0]() if entry is not None else None
+        if upcast is not None and upcast.untyped_storage().data_ptr() == address:  # still that upcast's memory
+            return _StoredView(entry[1], tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset())
+        return enclosing[0](tensor) if enclosing else tensor
+
+    def unpack(packed: Any) -> torch.Tensor:
+        if isinstance(packed, _StoredView):
+            return packed.upcast()
+        return enclosing[1](packed) if enclosing else packed
+
+    for chain in chains:
+        chain.upcasts = upcasts
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        for chain in chains:
+            chain.upcasts = None
+        upcasts.clear()
 
 
 def stored_parameter_names(model: nn.Module) -> list[str]:

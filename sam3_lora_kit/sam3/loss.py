@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sam3_lora_kit.lora.storage import saving_stored_weights
 from sam3_lora_kit.sam3 import compat
 
 __all__ = ["LOSS_WEIGHTS", "build_loss", "training_step_loss"]
@@ -77,7 +78,8 @@ def training_step_loss(model: nn.Module, batch: Any, loss_fn: nn.Module) -> dict
     ``model`` must be in train mode (it runs the matcher inside its forward); a DDP-wrapped model
     works too. ``batch`` must already be on the model's device.
     """
-    find_stages = model(batch)
     core = model.module if hasattr(model, "module") else model
+    with saving_stored_weights(core):  # frozen weights kept in bf16 stay so in the autograd graph
+        find_stages = model(batch)
     find_targets = [core.back_convert(target) for target in batch.find_targets]
     return loss_fn(find_stages, find_targets)
