@@ -50,6 +50,7 @@ GOALS = {"linear_vs_base": 1.10, "linear_vs_base_feasible": 1.10, "linear_vs_pef
 MIN_SAMPLE_S = 0.1  # each timed sample loops the call until it lasts this long
 MERGED_MIN_REPEATS = 9  # merged vs base runs the same kernels: only more samples shrink the noise
 MHA_MIN_REPEATS = 11  # attention dominates these cases: the three variants differ by a few percent
+LINEAR_MIN_REPEATS = 9  # full run: paired kit/base ratios spread about +-10 % on a shared 2-core machine
 
 
 def available() -> str | None:
@@ -126,6 +127,8 @@ def _linear_case(in_features: int, out_features: int, batch: int, rank: int, tok
     from sam3_lora_kit.lora import layers
 
     device = settings.device
+    if not settings.quick:
+        settings = dataclasses.replace(settings, repeats=max(settings.repeats, LINEAR_MIN_REPEATS))
     torch.manual_seed(0)
     base = nn.Linear(in_features, out_features, device=device).requires_grad_(False)
     ours = LoRALinear(copy.deepcopy(base), rank, 2 * rank)
@@ -154,6 +157,7 @@ def _linear_case(in_features: int, out_features: int, batch: int, rank: int, tok
     times = interleaved_times(steps, settings, MIN_SAMPLE_S)
     result = {
         "in_features": in_features, "out_features": out_features, "batch": batch, "tokens": tokens, "rank": rank,
+        "repeats": settings.repeats,
         "floor": arithmetic_floor(in_features, out_features, rank, batch * tokens),
         "lora_path": "fused" if layers._use_fused(x, base.weight) else "inplace",
         "vs_base": summarise(times, "base"), "vs_peft": summarise(times, "peft"),
@@ -326,11 +330,14 @@ def report(result: dict, out_dir) -> str:
         rows.append([f"{c['in_features']}x{c['out_features']}", c["batch"], c["tokens"], c["rank"], c["lora_path"],
                      "n/a" if floor is None else f"{floor:.3f}" + (" (> 1.10)" if floor > GOALS["linear_vs_base"] else ""),
                      fmt_ms(med["base"]), fmt_ms(med["lora"]), fmt_ms(med["peft"]),
-                     fmt_ratio(base_r["lora"]), fmt_ratio(base_r["peft"]), fmt_ratio(peft_r["lora"]),
+                     fmt_ratio(base_r["lora"]), _spread(c["vs_base"], "lora", "base"), fmt_ratio(base_r["peft"]), fmt_ratio(peft_r["lora"]),
                      f"{other[5:]} {fmt_ratio(base_r[other])}" if other else "",
                      fmt_mib(c["saved_bytes"]["lora"]), fmt_mib(c["saved_bytes"]["peft"])])
     lines.append(markdown_table(["in x out", "batch", "tokens", "rank", "kit path", "floor", "base ms", "kit ms", "PEFT ms",
-                                 "kit/base", "PEFT/base", "kit/PEFT", "other path /base", "kit saved MiB", "PEFT saved MiB"], rows))
+                                 "kit/base", "kit/base q1-q3", "PEFT/base", "kit/PEFT", "other path /base", "kit saved MiB", "PEFT saved MiB"], rows))
+    linear_repeats = sorted({c.get("repeats", result.get("settings", {}).get("repeats")) for c in body["linear"]} - {None})
+    lines += ["", f"{', '.join(map(str, linear_repeats)) or 'n/a'} paired samples per variant and case; `kit/base q1-q3`: "
+              f"quartiles of the paired ratios behind the median, i.e. this machine's noise on that case."]
     lines += ["", "### Merged LoRA against no LoRA (256-wide transformer block, rank 8)", ""]
     repeats = sorted({c.get("repeats", result.get("settings", {}).get("repeats")) for c in body["merged"]} - {None})
     lines += [f"A merged LoRA layer runs its base module unchanged, so both columns time the same kernels and the "

@@ -72,7 +72,7 @@ class TrainConfig:
     alpha: float = 16.0  # LoRA scaling numerator: scaling = alpha / rank
     dropout: float = 0.0  # dropout on the LoRA input
     qkv: str = "fused"  # the ViT's fused qkv as one matrix ("fused") or as q, k, v slices ("split")
-    frozen_dtype: str = "float32"  # storage of the frozen base weights: "bfloat16"/"float16" halve their memory (best with activation_checkpointing)
+    frozen_dtype: str = "float32"  # storage of the frozen base weights: "bfloat16"/"float16" halve their memory
     # schedule
     steps: int | None = 200  # optimizer steps; None when epochs is given
     epochs: float | None = None  # passes over the split; replaces steps when given
