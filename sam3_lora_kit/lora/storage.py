@@ -156,8 +156,8 @@ def saving_stored_weights(model: nn.Module) -> Iterator[None]:
     checkpointing's own hooks take over inside checkpointed regions, where nothing is saved.
     A model with no stored weights is left alone.
     """
-    chains = [p for module in model.modules() if (own := _own_parametrizations(module)) is not None
-              for chain in own.values() for p in chain if isinstance(p, _StoredInHalf)]
+    chains = [p for module in model.modules() for name in _stored_names(module)
+              for p in module.parametrizations[name] if isinstance(p, _StoredInHalf)]
     if not chains:
         yield
         return
@@ -170,8 +170,7 @@ def saving_stored_weights(model: nn.Module) -> Iterator[None]:
         except (RuntimeError, NotImplementedError):  # no plain storage (sparse, nested, subclasses)
             address = None
         entry = upcasts.get(address) if address is not None else None
-        upcast = entry[0]() if entry is not None else None
-        if upcast is not None and upcast.untyped_storage().data_ptr() == address:  # still that upcast's memory
+        if entry is not None and entry[0]() is not None:  # that upcast is alive, so this is its memory
             return _StoredView(entry[1], tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset())
         return enclosing[0](tensor) if enclosing else tensor
 
