@@ -22,7 +22,9 @@ in half precision (where adding a small update to the weight would round it away
 products are added into the base products in place instead. A merged layer runs its base module
 unchanged. ``benchmarks/`` measures both paths against PEFT and the frozen layer.
 The attention wrapper calls PyTorch's ``scaled_dot_product_attention`` and never builds the
-L x L score matrix unless ``need_weights=True`` is asked for.
+L x L score matrix unless ``need_weights=True`` is asked for; on a CPU with attention dropout
+(where PyTorch's fused kernel refuses dropout) it computes attention in blocks of query rows
+(``attention.py``).
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sam3_lora_kit.lora.attention import attention
 
 __all__ = ["LoRALinear", "LoRAMultiheadAttention", "LoRALayer"]
 
@@ -381,8 +385,8 @@ class LoRAMultiheadAttention(LoRALayer):
 
     The packed ``in_proj_weight`` gets one update per selected slice; ``out_proj`` becomes a
     ``LoRALinear`` inside the wrapped module. The forward projects with the adapted weights and
-    calls ``F.scaled_dot_product_attention`` (fused kernels, no L x L scores) unless
-    ``need_weights=True`` is asked for. Attributes of the wrapped module (``num_heads``,
+    calls ``F.scaled_dot_product_attention`` (fused kernels, no L x L scores; blockwise on a CPU
+    with dropout) unless ``need_weights=True`` is asked for. Attributes of the wrapped module (``num_heads``,
     ``batch_first``, ``embed_dim``, ...) read through, and ``in_proj_weight`` returns the
     effective packed weight, so PyTorch's encoder-layer fast path also sees the adapter.
     """
@@ -517,7 +521,7 @@ class LoRAMultiheadAttention(LoRALayer):
             raise RuntimeError("is_causal needs attn_mask, as in nn.MultiheadAttention")
         mask = _additive_mask(attn_mask, key_padding_mask, batch, heads, tgt_len, src_len, q.dtype)
         dropout_p = base.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (N, H, L, D)
+        out = attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (N, H, L, D)
         out = out.transpose(1, 2).reshape(batch, tgt_len, embed_dim)  # (N, L, E)
         out = base.out_proj(out)
         if unbatched:

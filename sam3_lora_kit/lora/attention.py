@@ -1,0 +1,170 @@
+"""Attention with dropout that never holds the whole ``(N, H, L, S)`` score matrix on a CPU.
+
+PyTorch's fused CPU attention kernel takes no dropout, so ``F.scaled_dot_product_attention``
+with ``dropout_p > 0`` on a CPU runs the math path: scores, probabilities, the dropout mask and
+the dropped probabilities, each ``(N, H, L, S)``, are alive together and the last is saved for
+backward. SAM 3 trains with attention dropout 0.1; in its fusion encoder at 1008 px
+(``N = 3`` prompts, ``H = 8``, ``L = S = 72 * 72``) each of those tensors is 2.6 GB.
+
+``attention`` computes the same function in blocks of query rows (as FlashAttention does):
+forward saves ``q``, ``k``, ``v``, the mask, the output and each row's log-sum-exp; backward
+recomputes a block's probabilities from them and draws its dropout mask again from the
+generator state the forward started from. Peak extra memory is a few blocks of about
+``BLOCK_BYTES``. Elsewhere (a GPU, no dropout, small scores) it is
+``F.scaled_dot_product_attention`` itself.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BLOCK_BYTES", "attention", "blockwise_attention"]
+
+# Bytes of one block of float32 scores ``(N, H, rows, S)``; blocking starts at twice this.
+BLOCK_BYTES = 32 * 2**20
+
+
+def _block_rows(batch_heads: int, tgt_len: int, src_len: int, block_bytes: int) -> int:
+    """Query rows per block so that a float32 block ``(N*H, rows, S)`` holds about ``block_bytes``."""
+    return max(1, min(tgt_len, block_bytes // (4 * batch_heads * src_len)))
+
+
+def _mask_rows(mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """The mask's rows for query rows ``start:stop`` (a mask broadcast over rows stays whole)."""
+    if mask is None or mask.shape[-2] == 1:
+        return mask
+    return mask[..., start:stop, :]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half precisions compute in float32; float32 and float64 in themselves."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _block_probs(q_rows, k, mask_rows, scale, lse=None):
+    """Softmax probabilities ``(N, H, rows, S)`` in ``k``'s dtype and, when ``lse`` is None, the row log-sum-exp.
+
+    ``k`` comes already in the compute dtype. Fully masked rows (every score ``-inf``) get
+    probabilities 0, as PyTorch's math path gives.
+    """
+    scores = torch.matmul(q_rows.to(k.dtype), k.transpose(-2, -1)).mul_(scale)  # (N, H, rows, S)
+    if mask_rows is not None:
+        scores.add_(mask_rows.to(k.dtype))
+    if lse is None:
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (N, H, rows, 1)
+        lse = lse.masked_fill(torch.isneginf(lse), 0.0)  # exp(-inf - 0) = 0 for an all-masked row
+    return scores.sub_(lse).exp_(), lse
+
+
+def _keep_scaled(probs: torch.Tensor, dropout_p: float, generator: torch.Generator) -> torch.Tensor:
+    """The dropout mask for one block: 0 where dropped, ``1 / (1 - p)`` where kept (``probs``' dtype)."""
+    keep = torch.empty_like(probs).uniform_(generator=generator)  # about 3x faster than bernoulli_ here
+    return keep.ge_(dropout_p).mul_(1.0 / (1.0 - dropout_p))
+
+
+class _BlockwiseAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + mask) with dropout, times v; blocks of ``rows`` query rows."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, dropout_p: float, seed: int, rows: int):  # type: ignore[override]
+        # q (N, H, L, D), k (N, H, S, D), v (N, H, S, Dv), mask broadcastable to (N, H, L, S)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        generator = torch.Generator(device=q.device).manual_seed(seed) if dropout_p > 0 else None
+        dtype = _compute_dtype(q.dtype)
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])  # (N, H, L, Dv)
+        lse = torch.empty(*q.shape[:-1], 1, dtype=dtype, device=q.device)  # (N, H, L, 1)
+        k_c, v_c = k.to(dtype), v.to(dtype)
+        for start in range(0, q.shape[-2], rows):
+            stop = min(start + rows, q.shape[-2])
+            probs, lse[..., start:stop, :] = _block_probs(q[..., start:stop, :], k_c, _mask_rows(mask, start, stop), scale)
+            if generator is not None:
+                probs.mul_(_keep_scaled(probs, dropout_p, generator))
+            out[..., start:stop, :] = torch.matmul(probs, v_c)
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        ctx.dropout_p, ctx.seed, ctx.rows, ctx.scale = dropout_p, seed, rows, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        dropout_p, rows, scale = ctx.dropout_p, ctx.rows, ctx.scale
+        generator = torch.Generator(device=q.device).manual_seed(ctx.seed) if dropout_p > 0 else None
+        dtype = _compute_dtype(q.dtype)
+        k_c, v_c = k.to(dtype), v.to(dtype)
+        grad_q = torch.empty(q.shape, dtype=dtype, device=q.device)
+        grad_k = torch.zeros(k.shape, dtype=dtype, device=k.device)
+        grad_v = torch.zeros(v.shape, dtype=dtype, device=v.device)
+        mask_grad = mask is not None and ctx.needs_input_grad[3]
+        grad_scores = torch.empty(torch.broadcast_shapes(mask.shape, (*q.shape[:-1], k.shape[-2])),
+                                  dtype=dtype, device=q.device) if mask_grad else None
+        for start in range(0, q.shape[-2], rows):  # the same blocks in the same order: the same dropout draws
+            stop = min(start + rows, q.shape[-2])
+            q_rows = q[..., start:stop, :]
+            probs, _ = _block_probs(q_rows, k_c, _mask_rows(mask, start, stop), scale, lse[..., start:stop, :])
+            grad_rows = grad_out[..., start:stop, :].to(dtype)  # (N, H, rows, Dv)
+            grad_dropped = torch.matmul(grad_rows, v_c.transpose(-2, -1))  # (N, H, rows, S)
+            if generator is not None:
+                keep = _keep_scaled(probs, dropout_p, generator)
+                grad_v += torch.matmul((probs * keep).transpose(-2, -1), grad_rows)
+                grad_dropped.mul_(keep)  # now d loss / d probs
+                del keep
+            else:
+                grad_v += torch.matmul(probs.transpose(-2, -1), grad_rows)
+            # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
+            row_dot = (grad_rows * out[..., start:stop, :].to(dtype)).sum(dim=-1, keepdim=True)  # (N, H, rows, 1)
+            grad_s = grad_dropped.sub_(row_dot).mul_(probs)  # (N, H, rows, S)
+            del probs
+            if grad_scores is not None:
+                grad_scores[..., start:stop, :] = grad_s
+            grad_q[..., start:stop, :] = torch.matmul(grad_s, k_c).mul_(scale)
+            grad_k += torch.matmul(grad_s.transpose(-2, -1), q_rows.to(dtype)).mul_(scale)
+        grad_mask = None
+        if grad_scores is not None:  # sum over the dimensions the mask was broadcast along
+            dims = [i for i, (m, g) in enumerate(zip(mask.shape, grad_scores.shape)) if m == 1 and g != 1]
+            grad_mask = (grad_scores.sum(dim=dims, keepdim=True) if dims else grad_scores).to(mask.dtype)
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_mask, None, None, None
+
+
+def blockwise_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> torch.Tensor:
+    """Attention ``(N, H, L, Dv)`` computed in blocks of query rows; dropout drawn from ``seed``.
+
+    ``q`` ``(N, H, L, D)``, ``k`` ``(N, H, S, D)``, ``v`` ``(N, H, S, Dv)``; ``attn_mask`` an
+    additive float mask broadcastable to ``(N, H, L, S)`` of the same ndim (it may need a
+    gradient). ``seed=None`` draws one from torch's default generator, so ``set_seed`` and
+    activation checkpointing (which replays that generator) repeat the same dropout.
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be (N, H, L|S, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if attn_mask is not None and (attn_mask.dim() != 4 or attn_mask.dtype == torch.bool):
+        raise ValueError(f"attn_mask must be a 4-D additive float mask, got {attn_mask.dtype} {tuple(attn_mask.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (), device="cpu")) if dropout_p > 0 else 0
+    rows = _block_rows(q.shape[0] * q.shape[1], q.shape[-2], k.shape[-2], block_bytes)
+    return _BlockwiseAttention.apply(q, k, v, attn_mask, float(dropout_p), seed, rows)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p)``, blockwise where that would
+    hold the full score matrix: on a CPU, with dropout, and scores larger than ``2 * BLOCK_BYTES``."""
+    scores_bytes = 4 * q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2]
+    if dropout_p > 0 and q.device.type == "cpu" and scores_bytes > 2 * BLOCK_BYTES and q.dim() == 4:
+        return blockwise_attention(q, k, v, attn_mask, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)

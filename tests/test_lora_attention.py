@@ -1,0 +1,171 @@
+"""Blockwise attention with dropout (``sam3_lora_kit.lora.attention``): the same function as
+PyTorch's attention, exact gradients, real dropout, and no ``(N, H, L, S)`` tensor kept."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sam3_lora_kit.lora import LoRAMultiheadAttention
+from sam3_lora_kit.lora import attention as attention_module
+from sam3_lora_kit.lora.attention import blockwise_attention
+
+N, H, L, S, D = 2, 3, 37, 29, 8
+# A block of 5 query rows: every call below runs 8 blocks, the last one short.
+FIVE_ROWS = 4 * N * H * S * 5
+
+
+def _qkv(dtype=torch.float64, dv: int = 5, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(N, H, L, D, dtype=dtype, generator=generator).requires_grad_()
+    k = torch.randn(N, H, S, D, dtype=dtype, generator=generator).requires_grad_()
+    v = torch.randn(N, H, S, dv, dtype=dtype, generator=generator).requires_grad_()
+    return q, k, v
+
+
+def _mask(shape, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.randn(shape, dtype=dtype, generator=generator)
+    mask = mask.masked_fill(torch.rand(shape, generator=generator) < 0.2, float("-inf"))
+    if shape[-2] == L:
+        mask[..., 3, :] = float("-inf")  # a query row that sees no key at all
+    return mask.requires_grad_()
+
+
+MASK_SHAPES = [None, (1, 1, L, S), (N, H, L, S), (N, 1, 1, S)]
+
+
+@pytest.mark.parametrize("mask_shape", MASK_SHAPES, ids=str)
+def test_without_dropout_it_is_pytorchs_attention(mask_shape):
+    q, k, v = _qkv()
+    mask = None if mask_shape is None else _mask(mask_shape)
+    inputs = [t for t in (q, k, v, mask) if t is not None]
+    ours = blockwise_attention(q, k, v, mask, 0.0, block_bytes=FIVE_ROWS)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, inputs, grad_out)
+    reference_grads = torch.autograd.grad(reference, inputs, grad_out)
+    for mine, theirs in zip(ours_grads, reference_grads):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mask_shape", [None, (1, 2, 11, 7), (1, 1, 11, 7)], ids=str)
+def test_gradients_with_dropout_match_finite_differences(mask_shape):
+    """Backward regenerates each block's dropout mask; a wrong draw fails gradcheck."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, length, 4, dtype=torch.float64, generator=generator).requires_grad_() for length in (11, 7, 7))
+    mask = None
+    if mask_shape is not None:
+        mask = torch.randn(mask_shape, dtype=torch.float64, generator=generator)
+        mask[..., 2, :3] = float("-inf")
+        mask.requires_grad_()
+
+    def run(q, k, v, mask):
+        return blockwise_attention(q, k, v, mask, 0.3, seed=1234, block_bytes=4 * 2 * 7 * 3)  # blocks of 3 rows
+
+    assert torch.autograd.gradcheck(run, (q, k, v, mask))
+
+
+def test_dropout_drops_a_fraction_p_and_rescales_the_rest():
+    """With v = identity the output is the dropped, rescaled probability matrix itself."""
+    n, h, length, p = 2, 4, 64, 0.25
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(n, h, length, 16, dtype=torch.float64, generator=generator)
+    k = torch.randn(n, h, length, 16, dtype=torch.float64, generator=generator)
+    v = torch.eye(length, dtype=torch.float64).expand(n, h, length, length)
+    dropped = blockwise_attention(q, k, v, None, p, seed=7, block_bytes=4 * n * h * length * 10)
+    probs = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1)
+    kept = dropped != 0
+    assert abs((~kept).double().mean().item() - p) < 0.02  # 32,768 draws
+    torch.testing.assert_close(dropped[kept], probs[kept] / (1 - p))
+    again = blockwise_attention(q, k, v, None, p, seed=7, block_bytes=4 * n * h * length * 10)
+    assert torch.equal(dropped, again)
+    other = blockwise_attention(q, k, v, None, p, seed=8, block_bytes=4 * n * h * length * 10)
+    assert not torch.equal(dropped, other)
+
+
+def test_seed_comes_from_torchs_generator_so_checkpointing_repeats_the_draws():
+    q, k, v = _qkv(torch.float32)
+
+    def run():
+        return blockwise_attention(q, k, v, None, 0.5, block_bytes=FIVE_ROWS)
+
+    torch.manual_seed(3)
+    first = run()
+    torch.manual_seed(3)
+    assert torch.equal(first, run())
+    assert not torch.equal(first, run())  # the generator moved on: a new draw
+
+    grad_out = torch.randn_like(first)
+    torch.manual_seed(5)
+    plain = torch.autograd.grad(run(), (q, k, v), grad_out)
+    torch.manual_seed(5)
+    recomputed = torch.autograd.grad(checkpoint(run, use_reentrant=False), (q, k, v), grad_out)
+    for a, b in zip(plain, recomputed):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_saves_no_score_sized_tensor():
+    """Autograd keeps q, k, v, the output and the row log-sum-exp: nothing of size N*H*L*S."""
+    q, k, v = _qkv(torch.float32)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = blockwise_attention(q, k, v, None, 0.1, block_bytes=FIVE_ROWS)
+    assert saved, "nothing saved: the hook did not run"
+    assert max(t.numel() for t in saved) < N * H * L * S
+    expected = {q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr()}
+    assert expected <= {t.data_ptr() for t in saved}
+    assert sum(t.numel() for t in saved) == q.numel() + k.numel() + v.numel() + out.numel() + N * H * L
+
+
+def test_half_precision_computes_in_float32():
+    q, k, v = _qkv(torch.float32)
+    mask = _mask((1, 1, L, S), torch.float32).detach()
+    reference = blockwise_attention(q, k, v, mask, 0.2, seed=9, block_bytes=FIVE_ROWS)
+    half = blockwise_attention(*(t.detach().bfloat16() for t in (q, k, v)), mask.bfloat16(), 0.2, seed=9,
+                               block_bytes=FIVE_ROWS)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), reference.detach(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda q, k, v: blockwise_attention(q[0], k[0], v[0]), "must be"),
+        (lambda q, k, v: blockwise_attention(q, k, v, torch.zeros(1, 1, L, S, dtype=torch.bool)), "additive float mask"),
+        (lambda q, k, v: blockwise_attention(q, k, v, None, 1.0), "dropout_p"),
+    ],
+)
+def test_bad_arguments_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(*_qkv(torch.float32))
+
+
+def test_lora_attention_trains_on_cpu_without_the_score_matrix(monkeypatch):
+    """``LoRAMultiheadAttention`` with attention dropout in train mode on a CPU takes the blockwise
+    path once the scores pass the threshold; gradients reach the LoRA factors."""
+    monkeypatch.setattr(attention_module, "BLOCK_BYTES", 4096)
+    torch.manual_seed(0)
+    embed, heads, tokens = 32, 4, 48
+    layer = LoRAMultiheadAttention(nn.MultiheadAttention(embed, heads, dropout=0.1, batch_first=True), rank=4, alpha=8)
+    nn.init.normal_(layer.lora_B, std=0.1)
+    layer.train()
+    x = torch.randn(2, tokens, embed)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out, _ = layer(x, x, x, need_weights=False)
+    assert max(t.numel() for t in saved) < 2 * heads * tokens * tokens
+    out.square().sum().backward()
+    assert layer.lora_A.grad is not None and layer.lora_A.grad.abs().sum() > 0
+    # Without dropout (eval) the same layer is exactly PyTorch's attention again.
+    layer.eval()
+    with torch.no_grad():
+        reference = F.scaled_dot_product_attention(
+            *(t.view(2, tokens, heads, embed // heads).transpose(1, 2) for t in F.linear(x, layer.in_proj_weight, layer.base_layer.in_proj_bias).chunk(3, -1))
+        )
+        reference = layer.base_layer.out_proj(reference.transpose(1, 2).reshape(2, tokens, embed))
+        torch.testing.assert_close(layer(x, x, x, need_weights=False)[0], reference)
