@@ -169,3 +169,102 @@ def test_lora_attention_trains_on_cpu_without_the_score_matrix(monkeypatch):
         )
         reference = layer.base_layer.out_proj(reference.transpose(1, 2).reshape(2, tokens, embed))
         torch.testing.assert_close(layer(x, x, x, need_weights=False)[0], reference)
+
+
+# ------------------------------------------------------------------ EfficientMultiheadAttention
+from sam3_lora_kit.lora.attention import EfficientMultiheadAttention, use_efficient_attention  # noqa: E402
+
+
+def _mha_cases():
+    """(batch_first, query/key/value shapes' sharing, masks) covering nn.MultiheadAttention's forms."""
+    n, length, src, embed = 2, 6, 5, 16
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, length, embed, generator=generator)
+    memory = torch.randn(n, src, embed, generator=generator)
+    other = torch.randn(n, src, embed, generator=generator)
+    padding = torch.zeros(n, src, dtype=torch.bool)
+    padding[1, -2:] = True
+    self_padding = torch.zeros(n, length, dtype=torch.bool)
+    self_padding[0, -1] = True
+    causal = torch.triu(torch.full((length, length), float("-inf")), 1)
+    per_head = torch.randn(n * 4, length, src, generator=generator)
+    return [
+        ("self", dict(query=x, key=x, value=x)),
+        ("self+padding", dict(query=x, key=x, value=x, key_padding_mask=self_padding)),
+        ("self+causal float mask", dict(query=x, key=x, value=x, attn_mask=causal)),
+        ("cross k is v", dict(query=x, key=memory, value=memory, key_padding_mask=padding)),
+        ("cross k, v apart + per-head mask", dict(query=x, key=memory, value=other, attn_mask=per_head)),
+        ("bool attn_mask", dict(query=x, key=memory, value=memory, attn_mask=torch.rand(length, src, generator=generator) < 0.3)),
+        ("unbatched", dict(query=x[0], key=memory[0], value=memory[0])),
+    ]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("case", _mha_cases(), ids=lambda c: c[0])
+def test_efficient_module_is_the_module_it_replaced(batch_first, case):
+    import copy
+
+    _, kwargs = case
+    torch.manual_seed(0)
+    original = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+    converted = copy.deepcopy(original)
+    assert use_efficient_attention(converted) == 1
+    assert type(converted) is EfficientMultiheadAttention
+    assert converted.state_dict().keys() == original.state_dict().keys()
+    inputs = {name: t for name, t in kwargs.items()}
+    if not batch_first and inputs["query"].dim() == 3:
+        for name in ("query", "key", "value"):
+            inputs[name] = inputs[name].transpose(0, 1)
+    expected, _ = original(**inputs, need_weights=False)
+    got, weights = converted(**inputs, need_weights=False)
+    assert weights is None
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # The same gradients for every parameter, and weights still returned when asked for.
+    grad = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad(expected, list(original.parameters()), grad),
+                    torch.autograd.grad(got, list(converted.parameters()), grad)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    out, weights = converted(**inputs)
+    assert weights is not None
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sam3_wrapper_keeps_its_no_weights_forward_and_other_subclasses_are_left_alone():
+    from sam3.model.model_misc import MultiheadAttentionWrapper
+
+    class Custom(nn.MultiheadAttention):
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **kwargs)
+
+    model = nn.ModuleDict({"wrapper": MultiheadAttentionWrapper(16, 4), "custom": Custom(16, 4), "plain": nn.MultiheadAttention(16, 4)})
+    assert use_efficient_attention(model) == 2
+    assert type(model["custom"]) is Custom
+    assert model["wrapper"].forces_no_weights and not model["plain"].forces_no_weights
+    x = torch.randn(5, 2, 16)
+    assert model["wrapper"](x, x, x)[1] is None  # need_weights defaults to True; the wrapper never returns them
+    assert model["plain"](x, x, x)[1] is not None
+    assert use_efficient_attention(model) == 0  # already converted
+
+
+def test_frozen_attention_passes_gradients_on_without_the_score_matrix(monkeypatch):
+    """A frozen converted module (a detector under a ViT adapter) in train mode with dropout: no L x S tensor saved."""
+    monkeypatch.setattr(attention_module, "BLOCK_BYTES", 4096)
+    tokens, heads = 48, 4
+    module = nn.MultiheadAttention(32, heads, dropout=0.1, batch_first=True).requires_grad_(False)
+    use_efficient_attention(module)
+    module.train()
+    x = torch.randn(2, tokens, 32, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out, _ = module(x, x, x, need_weights=False)
+    assert saved and max(t.numel() for t in saved) < 2 * heads * tokens * tokens
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_built_sam3_models_use_efficient_attention():
+    from sam3_lora_kit.sam3 import build_sam3
+
+    model = build_sam3("tiny")
+    kinds = {type(m).__name__ for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    assert kinds == {"EfficientMultiheadAttention"}

@@ -6,22 +6,42 @@ the dropped probabilities, each ``(N, H, L, S)``, are alive together and the las
 backward. SAM 3 trains with attention dropout 0.1; in its fusion encoder at 1008 px
 (``N = 3`` prompts, ``H = 8``, ``L = S = 72 * 72``) each of those tensors is 2.6 GB.
 
-``attention`` computes the same function in blocks of query rows (as FlashAttention does):
+``blockwise_attention`` computes the same function in blocks of query rows (as FlashAttention does):
 forward saves ``q``, ``k``, ``v``, the mask, the output and each row's log-sum-exp; backward
 recomputes a block's probabilities from them and draws its dropout mask again from the
 generator state the forward started from. Peak extra memory is a few blocks of about
-``BLOCK_BYTES``. Elsewhere (a GPU, no dropout, small scores) it is
-``F.scaled_dot_product_attention`` itself.
+``BLOCK_BYTES``. ``attention`` picks it where it matters; elsewhere (a GPU, no dropout, small
+scores) it is ``F.scaled_dot_product_attention`` itself.
+
+``nn.MultiheadAttention`` cannot be told to use it: its forward calls PyTorch's own routine.
+``multihead_attention`` is that forward (without returned weights) written over ``attention``;
+``LoRAMultiheadAttention`` runs it, and ``use_efficient_attention`` turns the plain modules of
+a model into ``EfficientMultiheadAttention`` (the same parameters and state dict), so attention
+that only passes gradients on (a frozen detector under a ViT adapter, full fine-tuning) gets it too.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["BLOCK_BYTES", "attention", "blockwise_attention"]
+__all__ = [
+    "BLOCK_BYTES",
+    "EfficientMultiheadAttention",
+    "additive_mask",
+    "attention",
+    "blockwise_attention",
+    "forces_no_weights",
+    "multihead_attention",
+    "project_qkv",
+    "use_efficient_attention",
+]
 
+# Subclasses of nn.MultiheadAttention whose forward only forces need_weights=False.
+_FORCES_NO_WEIGHTS = frozenset({"sam3.model.model_misc.MultiheadAttentionWrapper"})
 # Bytes of one block of float32 scores ``(N, H, rows, S)``; blocking starts at twice this.
 BLOCK_BYTES = 32 * 2**20
 
@@ -168,3 +188,145 @@ def attention(
     if dropout_p > 0 and q.device.type == "cpu" and scores_bytes > 2 * BLOCK_BYTES and q.dim() == 4:
         return blockwise_attention(q, k, v, attn_mask, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+# ------------------------------------------------------------------------ nn.MultiheadAttention
+def forces_no_weights(module: nn.MultiheadAttention) -> bool:
+    """Whether ``module``'s forward always passes ``need_weights=False`` (sam3's wrapper does)."""
+    if getattr(module, "forces_no_weights", False):
+        return True
+    return any(f"{cls.__module__}.{cls.__qualname__}" in _FORCES_NO_WEIGHTS for cls in type(module).__mro__)
+
+
+def additive_mask(
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    batch: int,
+    num_heads: int,
+    tgt_len: int,
+    src_len: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """Merge both masks into one additive float mask broadcastable to ``(N, H, L, S)``."""
+
+    def to_float(mask: torch.Tensor) -> torch.Tensor:
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+        return mask.to(dtype)
+
+    merged = None
+    if attn_mask is not None:
+        mask = to_float(attn_mask)
+        if mask.dim() == 2:  # (L, S)
+            mask = mask.view(1, 1, tgt_len, src_len)
+        elif mask.dim() == 3:  # (N * H, L, S)
+            mask = mask.view(batch, num_heads, tgt_len, src_len)
+        else:
+            raise ValueError(f"attn_mask must be 2-D or 3-D, got shape {tuple(attn_mask.shape)}")
+        merged = mask
+    if key_padding_mask is not None:
+        mask = to_float(key_padding_mask).view(batch, 1, 1, src_len)  # (N, S) -> (N, 1, 1, S)
+        merged = mask if merged is None else merged + mask
+    return merged
+
+
+def project_qkv(query, key, value, weight: torch.Tensor, bias: torch.Tensor | None):
+    """q, k, v ``(N, L|S, E)`` from the packed ``weight`` ``(3E, E)``: one product where inputs are shared."""
+    if query is key and key is value:  # self-attention: one packed product
+        return F.linear(query, weight, bias).chunk(3, dim=-1)
+    w_q, w_k, w_v = weight.chunk(3)
+    b_q, b_k, b_v = bias.chunk(3) if bias is not None else (None, None, None)
+    if key is value:
+        k, v = F.linear(key, torch.cat([w_k, w_v]), None if bias is None else torch.cat([b_k, b_v])).chunk(2, dim=-1)
+    else:
+        k, v = F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+    return F.linear(query, w_q, b_q), k, v
+
+
+def multihead_attention(
+    mha: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    in_projection: Callable | None = None,
+) -> torch.Tensor:
+    """``mha(query, key, value, need_weights=False)[0]`` computed through ``attention``.
+
+    ``mha`` must have the packed ``in_proj_weight`` and neither ``bias_k`` nor ``add_zero_attn``.
+    ``in_projection(query, key, value)`` returns q, k, v ``(N, L|S, E)`` (default: ``project_qkv``
+    with ``mha``'s weights); ``mha.out_proj`` projects the result, dropout follows ``mha.training``.
+    """
+    unbatched = query.dim() == 2
+    if unbatched:
+        query, key, value = (t.unsqueeze(1) for t in (query, key, value))  # (L, E) -> (L, 1, E)
+        key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+    same_kv = key is value
+    same_qk = query is key
+    if not (mha.batch_first and not unbatched):  # (L, N, E) -> (N, L, E)
+        query = query.transpose(0, 1)
+        key = query if same_qk else key.transpose(0, 1)
+        value = key if same_kv else value.transpose(0, 1)
+    batch, tgt_len, embed_dim = query.shape
+    src_len = key.shape[1]
+    heads, head_dim = mha.num_heads, embed_dim // mha.num_heads
+    if in_projection is None:
+        q, k, v = project_qkv(query, key, value, mha.in_proj_weight, mha.in_proj_bias)
+    else:
+        q, k, v = in_projection(query, key, value)
+    q = q.view(batch, tgt_len, heads, head_dim).transpose(1, 2)  # (N, H, L, D)
+    k = k.view(batch, src_len, heads, head_dim).transpose(1, 2)  # (N, H, S, D)
+    v = v.view(batch, src_len, heads, head_dim).transpose(1, 2)  # (N, H, S, D)
+    if is_causal and attn_mask is None:
+        raise RuntimeError("is_causal needs attn_mask, as in nn.MultiheadAttention")
+    mask = additive_mask(attn_mask, key_padding_mask, batch, heads, tgt_len, src_len, q.dtype)
+    out = attention(q, k, v, attn_mask=mask, dropout_p=mha.dropout if mha.training else 0.0)  # (N, H, L, D)
+    out = mha.out_proj(out.transpose(1, 2).reshape(batch, tgt_len, embed_dim))  # (N, L, E)
+    if unbatched:
+        return out.squeeze(0)
+    return out if mha.batch_first else out.transpose(0, 1)  # (L, N, E)
+
+
+class EfficientMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose forward without weights runs ``multihead_attention``.
+
+    Made in place by ``use_efficient_attention`` (same parameters, buffers and state dict). Asked
+    for weights, or with ``bias_k``, ``add_zero_attn``, separate k/v sizes or nested tensors, it is
+    PyTorch's module unchanged.
+    """
+
+    forces_no_weights = False  # set per instance for modules converted from sam3's wrapper
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        need_weights = need_weights and not self.forces_no_weights
+        if need_weights or self.bias_k is not None or self.add_zero_attn or query.is_nested or not self._qkv_same_embed_dim:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return multihead_attention(self, query, key, value, key_padding_mask, attn_mask, is_causal), None
+
+
+def use_efficient_attention(model: nn.Module) -> int:
+    """Turn every plain ``nn.MultiheadAttention`` in ``model`` (and sam3's ``MultiheadAttentionWrapper``)
+    into ``EfficientMultiheadAttention`` in place; returns how many. Other subclasses, whose forward
+    may do more, are left alone, as are modules already converted."""
+    converted = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls is nn.MultiheadAttention or f"{cls.__module__}.{cls.__qualname__}" in _FORCES_NO_WEIGHTS:
+            no_weights = forces_no_weights(module)
+            module.__class__ = EfficientMultiheadAttention
+            module.forces_no_weights = no_weights
+            converted += 1
+    return converted

@@ -35,12 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam3_lora_kit.lora.attention import attention
+from sam3_lora_kit.lora.attention import forces_no_weights, multihead_attention, project_qkv
 
 __all__ = ["LoRALinear", "LoRAMultiheadAttention", "LoRALayer"]
 
-# Subclasses of nn.MultiheadAttention whose forward always passes need_weights=False.
-_FORCES_NO_WEIGHTS = frozenset({"sam3.model.model_misc.MultiheadAttentionWrapper"})
 # Fewest tokens per chunk when a thin gradient product is split over token chunks.
 _MIN_CHUNK_TOKENS = 256
 # Stacked GEMM outputs get a row length that is a multiple of this (zero padding): on CPU (MKL,
@@ -348,38 +346,6 @@ class LoRALinear(LoRALayer):
         return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:.4g}{splits}"
 
 
-def _additive_mask(
-    attn_mask: torch.Tensor | None,
-    key_padding_mask: torch.Tensor | None,
-    batch: int,
-    num_heads: int,
-    tgt_len: int,
-    src_len: int,
-    dtype: torch.dtype,
-) -> torch.Tensor | None:
-    """Merge both masks into one additive float mask broadcastable to ``(N, H, L, S)``."""
-
-    def to_float(mask: torch.Tensor) -> torch.Tensor:
-        if mask.dtype == torch.bool:
-            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
-        return mask.to(dtype)
-
-    merged = None
-    if attn_mask is not None:
-        mask = to_float(attn_mask)
-        if mask.dim() == 2:  # (L, S)
-            mask = mask.view(1, 1, tgt_len, src_len)
-        elif mask.dim() == 3:  # (N * H, L, S)
-            mask = mask.view(batch, num_heads, tgt_len, src_len)
-        else:
-            raise ValueError(f"attn_mask must be 2-D or 3-D, got shape {tuple(attn_mask.shape)}")
-        merged = mask
-    if key_padding_mask is not None:
-        mask = to_float(key_padding_mask).view(batch, 1, 1, src_len)  # (N, S) -> (N, 1, 1, S)
-        merged = mask if merged is None else merged + mask
-    return merged
-
-
 class LoRAMultiheadAttention(LoRALayer):
     """``nn.MultiheadAttention`` with low-rank updates on q, k, v (each selectable) and ``out_proj``.
 
@@ -412,8 +378,7 @@ class LoRAMultiheadAttention(LoRALayer):
         for param in base.parameters():
             param.requires_grad_(False)
         self.targets = tuple(t for t in ("q", "k", "v", "out") if t in targets)
-        qualified = f"{type(base).__module__}.{type(base).__qualname__}"
-        self.forces_no_weights = qualified in _FORCES_NO_WEIGHTS
+        self.forces_no_weights = forces_no_weights(base)
         embed_dim = base.embed_dim
         enabled = tuple(t in targets for t in ("q", "k", "v"))
         self.adapts_in_proj = any(enabled)
@@ -467,20 +432,9 @@ class LoRAMultiheadAttention(LoRALayer):
     def _in_projection(self, query, key, value):
         """Project to q, k, v ``(N, L|S, E)`` with the adapted packed weight."""
         base = self.base_layer
-        weight, bias = base.in_proj_weight, base.in_proj_bias
-        embed_dim = base.embed_dim
-        adapted = self.adapts_in_proj and not self.merged
-        if query is key and key is value:  # self-attention: one packed product
-            qkv = lora_linear(query, weight, bias, self) if adapted else F.linear(query, weight, bias)
-            return qkv.chunk(3, dim=-1)
-        w_eff = self.in_proj_weight
-        w_q, w_k, w_v = w_eff.split(embed_dim)
-        b_q, b_k, b_v = bias.split(embed_dim) if bias is not None else (None, None, None)
-        if key is value:
-            k, v = F.linear(key, torch.cat([w_k, w_v]), None if bias is None else torch.cat([b_k, b_v])).chunk(2, dim=-1)
-        else:
-            k, v = F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
-        return F.linear(query, w_q, b_q), k, v
+        if query is key and key is value and self.adapts_in_proj and not self.merged:  # one packed LoRA product
+            return lora_linear(query, base.in_proj_weight, base.in_proj_bias, self).chunk(3, dim=-1)
+        return project_qkv(query, key, value, self.in_proj_weight, base.in_proj_bias)
 
     def forward(
         self,
@@ -500,34 +454,7 @@ class LoRAMultiheadAttention(LoRALayer):
         need_weights = need_weights and not self.forces_no_weights
         if need_weights or base.bias_k is not None or base.add_zero_attn or query.is_nested:
             return self._forward_reference(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = (t.unsqueeze(1) for t in (query, key, value))  # (L, E) -> (L, 1, E)
-            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
-        same_kv = key is value
-        same_qk = query is key
-        if not (base.batch_first and not unbatched):  # (L, N, E) -> (N, L, E)
-            query = query.transpose(0, 1)
-            key = query if same_qk else key.transpose(0, 1)
-            value = key if same_kv else value.transpose(0, 1)
-        batch, tgt_len, embed_dim = query.shape
-        src_len = key.shape[1]
-        heads, head_dim = base.num_heads, embed_dim // base.num_heads
-        q, k, v = self._in_projection(query, key, value)
-        q = q.view(batch, tgt_len, heads, head_dim).transpose(1, 2)  # (N, H, L, D)
-        k = k.view(batch, src_len, heads, head_dim).transpose(1, 2)  # (N, H, S, D)
-        v = v.view(batch, src_len, heads, head_dim).transpose(1, 2)  # (N, H, S, D)
-        if is_causal and attn_mask is None:
-            raise RuntimeError("is_causal needs attn_mask, as in nn.MultiheadAttention")
-        mask = _additive_mask(attn_mask, key_padding_mask, batch, heads, tgt_len, src_len, q.dtype)
-        dropout_p = base.dropout if self.training else 0.0
-        out = attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (N, H, L, D)
-        out = out.transpose(1, 2).reshape(batch, tgt_len, embed_dim)  # (N, L, E)
-        out = base.out_proj(out)
-        if unbatched:
-            return out.squeeze(0), None
-        if not base.batch_first:
-            out = out.transpose(0, 1)  # (L, N, E)
+        out = multihead_attention(base, query, key, value, key_padding_mask, attn_mask, is_causal, self._in_projection)
         return out, None
 
     def _forward_reference(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):

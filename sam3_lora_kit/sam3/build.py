@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from sam3_lora_kit.lora.attention import use_efficient_attention
 from sam3_lora_kit.runtime import pick_device
 from sam3_lora_kit.sam3 import compat
 
@@ -229,6 +230,7 @@ def build_sam3(
     ``checkpoint``: ``None`` (random weights), a path to an official-format file, a state dict,
     or ``"hf"`` to download ``facebook/sam3`` (needs accepted access on the Hugging Face Hub).
     ``image_size``: input side in pixels (default 1008 for full, 224 for tiny); a multiple of 14.
+    Its ``nn.MultiheadAttention`` modules are ``EfficientMultiheadAttention`` (same weights).
     """
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
@@ -240,6 +242,7 @@ def build_sam3(
         model = _build_tiny(image_size)
     model.image_size = image_size  # read by BatchBuilder users and postprocess
     compat.make_geometry_encoder_cpu_safe(model.geometry_encoder)
+    use_efficient_attention(model)  # same state dict; on a CPU, attention dropout without (N, H, L, S) scores
     if checkpoint is None:
         _init_text_encoder(model)
     else:
