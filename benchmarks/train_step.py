@@ -15,8 +15,10 @@ killer pick another process (children also raise their own ``oom_score_adj``).
   checkpointing, against full fine-tuning measured the same way, one at a time, within a
   time budget (the default preset and full fine-tuning first); on the CPU, last, the default
   preset at 1008 px with checkpointing and its frozen base in bf16 (the goal's configuration,
-  measured by whole-process RSS with fp32 compute), then full fine-tuning at 1008 px with
-  checkpointing where the machine has the memory.
+  measured by whole-process RSS with fp32 compute) twice: with glibc's default allocator
+  settings, and with ``MALLOC_MMAP_THRESHOLD_=131072`` (``MALLOC_MMAP_THRESHOLD`` below), which
+  makes glibc return freed tensor memory to the system instead of keeping it in its heap; then
+  full fine-tuning at 1008 px with checkpointing and that setting, where the machine has the memory.
 
 A memory model (weights + gradients + AdamW state + activations, from parameter counts and
 the bytes autograd saves) is computed for each configuration and set beside what was measured.
@@ -48,6 +50,7 @@ FULL_CPU_IMAGE_SIZE = 504  # 36 x 36 tokens: fits a 24 GB CPU machine
 FULL_CUDA_IMAGE_SIZE = 1008  # the official input size
 CPU_1008_TIMEOUT_S = 3600  # the default preset at 1008 px on the CPU: one step takes tens of minutes
 BUDGET_S = 20 * 60  # full-size configurations stop being started after this long
+MALLOC_MMAP_THRESHOLD = 131072  # bytes: glibc serves larger blocks by mmap and unmaps them when freed
 GOALS = {"lora_peak_gb_1008_cuda": 8.0, "lora_peak_gb_1008_cpu": 8.0, "full_over_lora_memory": 3.0}
 
 
@@ -233,6 +236,8 @@ def run_config(spec: dict, timeout_s: float, log=print) -> dict:
         log_path = Path(tmp) / "worker.log"
         command = [sys.executable, "-m", "benchmarks.train_step", "--worker", json.dumps(spec), "--result", str(result_path)]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        if spec.get("malloc_mmap_threshold"):
+            env["MALLOC_MMAP_THRESHOLD_"] = str(spec["malloc_mmap_threshold"])
         began = time.perf_counter()
         with open(log_path, "wb") as log_file:
             child = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=log_file,
@@ -283,7 +288,7 @@ def run_config(spec: dict, timeout_s: float, log=print) -> dict:
             tail = log_path.read_text(encoding="utf-8", errors="replace")[-1500:]
             figures["status"] = f"failed (exit {child.returncode})"
             figures["log_tail"] = tail
-    log(f"  {spec['size']:<4} {spec['preset']:<13} act_ckpt={str(spec['act_ckpt']):<5} frozen={_frozen(spec)} {figures['status']:<4} "
+    log(f"  {spec['size']:<4} {spec['preset']:<13} act_ckpt={str(spec['act_ckpt']):<5} frozen={_frozen(spec)} malloc={_malloc(spec)} {figures['status']:<4} "
         f"peak RSS {figures['peak_rss'] / GIB:.2f} GiB  step {figures.get('s_per_step', float('nan')):.2f} s  "
         f"(wall {figures['wall_s']:.0f} s)")
     return {"config": spec, **figures}
@@ -346,7 +351,9 @@ def _configs(settings: Settings) -> list[dict]:
              "frozen_dtype": frozen} for preset, ckpt, frozen in order]
     if not cuda:  # the goal's configuration at the official size, by RSS, and full fine-tuning if it fits
         full += [{**base, **steps, "size": "full", "image_size": FULL_CUDA_IMAGE_SIZE, "preset": preset,
-                  "act_ckpt": True, "frozen_dtype": frozen} for preset, frozen in ((DEFAULT_PRESET, "bfloat16"), ("full", "float32"))]
+                  "act_ckpt": True, "frozen_dtype": frozen, "malloc_mmap_threshold": threshold}
+                 for preset, frozen, threshold in ((DEFAULT_PRESET, "bfloat16", None), (DEFAULT_PRESET, "bfloat16", MALLOC_MMAP_THRESHOLD),
+                                                   ("full", "float32", MALLOC_MMAP_THRESHOLD))]
     return tiny + full
 
 
@@ -406,6 +413,12 @@ def run(settings: Settings, log=print, budget_s: float | None = None) -> dict:
             "runs": rows, "ratios": ratios(rows), "goals": goals(rows)}
 
 
+def _malloc(spec: dict) -> str:
+    """The child's glibc allocator setting, for tables."""
+    threshold = spec.get("malloc_mmap_threshold")
+    return f"mmap >= {threshold // 1024} KiB" if threshold else "default"
+
+
 def _is_cpu_1008(spec: dict) -> bool:
     return spec["size"] == "full" and spec["device"] == "cpu" and spec.get("image_size") == FULL_CUDA_IMAGE_SIZE
 
@@ -422,9 +435,10 @@ def ratios(rows: list[dict]) -> list[dict]:
         if spec["preset"] == "full" or row.get("status") != "ok":
             continue
         full = next((r for r in rows if r["config"]["preset"] == "full" and r["config"]["size"] == spec["size"]
-                     and r["config"]["act_ckpt"] == spec["act_ckpt"] and r["config"].get("image_size") == spec.get("image_size")), None)
+                     and r["config"]["act_ckpt"] == spec["act_ckpt"] and r["config"].get("image_size") == spec.get("image_size")
+                     and _malloc(r["config"]) == _malloc(spec)), None)
         entry = {"size": spec["size"], "preset": spec["preset"], "act_ckpt": spec["act_ckpt"], "frozen": _frozen(spec),
-                 "image_size": spec.get("image_size"),
+                 "image_size": spec.get("image_size"), "malloc": _malloc(spec),
                  "full_status": full.get("status") if full else "not run"}
         if full and full.get("status") == "ok":
             entry.update(full_over_lora_memory=_peak(full) / _peak(row), full_over_lora_time=full["s_per_step"] / row["s_per_step"])
@@ -444,13 +458,14 @@ def goals(rows: list[dict]) -> dict:
                                         "value": min(r["cuda_peak_bytes"] for r in cuda) / 1e9 if cuda else None,
                                         "met": (min(r["cuda_peak_bytes"] for r in cuda) / 1e9 <= GOALS["lora_peak_gb_1008_cuda"]) if cuda else None,
                                         "note": None if cuda else "needs a GPU; not measured on this machine"}
-    cpu_1008 = [r for r in default if _is_cpu_1008(r["config"])]
-    value = min(r["peak_rss"] for r in cpu_1008) / 1e9 if cpu_1008 else None
+    cpu_1008 = sorted((r for r in default if _is_cpu_1008(r["config"])), key=lambda r: r["peak_rss"])
+    value = cpu_1008[0]["peak_rss"] / 1e9 if cpu_1008 else None
+    by_malloc = "; ".join(f"{r['peak_rss'] / 1e9:.2f} GB with malloc {_malloc(r['config'])}" for r in cpu_1008)
     result["lora_peak_gb_1008_cpu"] = {
         "limit": GOALS["lora_peak_gb_1008_cpu"], "value": value,
         "met": None if value is None else value <= GOALS["lora_peak_gb_1008_cpu"],
         "note": ("the same configuration on the CPU: whole-process peak RSS (runtime and libraries included), "
-                 "fp32 compute, frozen base in bf16, ViT checkpointing; GB = 1e9 bytes") if cpu_1008
+                 f"fp32 compute, frozen base in bf16, ViT checkpointing; GB = 1e9 bytes; {by_malloc}") if cpu_1008
         else "not run (full run on a CPU only)"}
     best = None
     for entry in ratios(rows):  # the goal is about the full-size model (the tiny one's RSS is mostly the runtime)
@@ -506,7 +521,7 @@ def report(result: dict, out_dir) -> str:
         spec = row["config"]
         ok = row.get("status") == "ok"
         rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec),
-                     spec.get("image_size") or "112", row.get("status", "")[:60],
+                     spec.get("image_size") or "112", _malloc(spec), row.get("status", "")[:60],
                      _gib(row.get("peak_rss")) if "peak_rss" in row else "n/a",
                      _gib(row.get("cuda_peak_bytes")) if row.get("cuda_peak_bytes") else "",
                      f"{row['s_per_step']:.2f}" if ok else "n/a",
@@ -515,7 +530,7 @@ def report(result: dict, out_dir) -> str:
                      f"{row['percent_trainable']:.3f}" if ok else "n/a",
                      f"{row['trainable_bytes'] / 2**20:.1f}" if ok else "n/a",
                      f"{row['load_average_at_start'][0]:.1f}" if row.get("load_average_at_start") else "n/a"])
-    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "frozen weights", "px", "status", "peak RSS GiB", "CUDA peak GiB",
+    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "frozen weights", "px", "malloc", "status", "peak RSS GiB", "CUDA peak GiB",
                                  "s/step", "warm-up+timed", "trainable", "trainable %", "trainable MiB (fp32)",
                                  "load avg at start"], rows))
     if any(r["config"]["warmup"] == 0 and r.get("status") == "ok" for r in body["runs"]):
@@ -524,12 +539,12 @@ def report(result: dict, out_dir) -> str:
                   "with its load (last column), so compare times only between rows of similar load; peak memory does not "
                   "depend on load."]
     lines += ["", "### Full fine-tuning against LoRA (same model, same checkpointing)", ""]
-    ratio_rows = [[e["size"], e.get("image_size") or "112", e["preset"], "on" if e["act_ckpt"] else "off", e.get("frozen", "fp32"),
+    ratio_rows = [[e["size"], e.get("image_size") or "112", e.get("malloc", "default"), e["preset"], "on" if e["act_ckpt"] else "off", e.get("frozen", "fp32"),
                    f"{e['full_over_lora_memory']:.2f}" if "full_over_lora_memory" in e else
                    (f">= {e['full_over_lora_memory_at_least']:.2f}" if "full_over_lora_memory_at_least" in e else "n/a"),
                    f"{e['full_over_lora_time']:.2f}" if "full_over_lora_time" in e else "n/a", e["full_status"][:50]]
                   for e in body["ratios"]]
-    lines.append(markdown_table(["model", "px", "LoRA preset", "ViT act. ckpt", "LoRA frozen weights", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
+    lines.append(markdown_table(["model", "px", "malloc", "LoRA preset", "ViT act. ckpt", "LoRA frozen weights", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
     lines += ["", "### Memory model against measurement (GiB)", "",
               "weights = parameters x their bytes (4 B, or 2 B for frozen weights stored in bf16); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
               "ViT blocks x bytes one block saves (or its input when checkpointed, plus one block recomputed) + what "
@@ -541,11 +556,11 @@ def report(result: dict, out_dir) -> str:
         if not model:
             continue
         spec = row["config"]
-        model_rows.append([spec["size"], spec.get("image_size") or "112", spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _gib(model["runtime"]),
+        model_rows.append([spec["size"], spec.get("image_size") or "112", _malloc(spec), spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _gib(model["runtime"]),
                            _gib(model["weights"]), _gib(model["gradients"]), _gib(model["adamw"]),
                            f"{model['activations_per_vit_block'] / 2**20:.1f}", _gib(model["activations"]),
                            _gib(model["predicted_peak"]), _gib(model["measured_peak"]), f"{model['measured_over_predicted']:.2f}"])
-    lines.append(markdown_table(["model", "px", "preset", "ViT act. ckpt", "frozen weights", "runtime", "weights", "gradients", "AdamW",
+    lines.append(markdown_table(["model", "px", "malloc", "preset", "ViT act. ckpt", "frozen weights", "runtime", "weights", "gradients", "AdamW",
                                  "MiB / ViT block", "activations", "predicted", "measured", "measured / predicted"], model_rows))
     projected = [(row, project_1008_bf16(row)) for row in body["runs"]]
     projected = [(row, p) for row, p in projected if p]

@@ -155,3 +155,30 @@ def test_ratios_pair_runs_of_the_same_image_size():
     assert goals["lora_peak_gb_1008_cpu"]["met"] is True
     rows[2]["peak_rss"] = 9 * gib
     assert train_step.goals(rows)["lora_peak_gb_1008_cpu"]["met"] is False
+
+
+def test_ratios_pair_runs_of_the_same_allocator_setting():
+    gib = 2**30
+
+    def row(preset, peak_gib, threshold=None, frozen="float32"):
+        config = {"size": "full", "preset": preset, "act_ckpt": True, "image_size": 1008, "device": "cpu",
+                  "frozen_dtype": frozen, "malloc_mmap_threshold": threshold}
+        return {"config": config, "status": "ok", "peak_rss": peak_gib * gib, "s_per_step": 1.0}
+
+    rows = [row("all-attn", 11.0, None, "bfloat16"), row("all-attn", 7.0, 131072, "bfloat16"), row("full", 17.5, 131072)]
+    by_malloc = {entry["malloc"]: entry for entry in train_step.ratios(rows)}
+    assert by_malloc["mmap >= 128 KiB"]["full_over_lora_memory"] == pytest.approx(2.5)
+    assert "full_over_lora_memory" not in by_malloc["default"]  # no full run with glibc's defaults
+    goal = train_step.goals(rows)["lora_peak_gb_1008_cpu"]
+    assert goal["value"] == pytest.approx(7.0 * gib / 1e9) and goal["met"] is True
+    assert "11.81 GB with malloc default" in goal["note"] and "7.52 GB with malloc mmap >= 128 KiB" in goal["note"]
+
+
+def test_full_cpu_run_measures_1008_px_with_both_allocator_settings():
+    import torch
+
+    from benchmarks.common import Settings
+
+    settings = Settings(quick=False, device=torch.device("cpu"), threads=2, repeats=3, warmup=1)
+    at_1008 = [(c["preset"], c.get("malloc_mmap_threshold")) for c in train_step._configs(settings) if c.get("image_size") == 1008]
+    assert at_1008 == [("all-attn", None), ("all-attn", train_step.MALLOC_MMAP_THRESHOLD), ("full", train_step.MALLOC_MMAP_THRESHOLD)]
