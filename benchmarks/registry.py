@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BENCHMARKS = ("benchmarks.lora_layers", "benchmarks.train_step", "benchmarks.sam3_presets", "benchmarks.converter",
+BENCHMARKS = ("benchmarks.lora_layers", "benchmarks.attention", "benchmarks.train_step", "benchmarks.sam3_presets", "benchmarks.converter",
               "benchmarks.notebooks")
 
 

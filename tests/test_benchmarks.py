@@ -81,6 +81,18 @@ def test_quick_presets(quick_results):
         assert 0 < row["trainable"] < row["total"] and row["adapter_bytes"] > 4 * row["trainable"]
 
 
+def test_quick_attention(quick_results):
+    body = json.loads((quick_results / "attention.json").read_text(encoding="utf-8"))["result"]
+    (row,) = body["rows"]
+    for variant in ("pytorch", "blockwise"):
+        figures = row[variant]
+        assert figures["status"] == "ok", figures
+        assert figures["peak_rss"] > figures["rss_inputs"] > 0 and len(figures["times_s"]) == body["parameters"]["repeats"]
+    assert row["memory_ratio"] > 0 and row["time_ratio"] > 0
+    readme = (quick_results / "README.md").read_text(encoding="utf-8")
+    assert "blockwise / PyTorch memory" in readme
+
+
 def test_quick_converter(quick_results):
     body = json.loads((quick_results / "converter.json").read_text(encoding="utf-8"))["result"]
     assert {run["format"] for run in body["runs"]} == {"yolo", "voc"}
@@ -118,7 +130,7 @@ def test_memory_model(act_ckpt, steps, expected_gib):
 
 def test_registry_lists_every_benchmark():
     names = {module.NAME for module in registry.load()}
-    assert names == {"lora_layers", "train_step", "sam3_presets", "converter", "notebooks"}
+    assert names == {"lora_layers", "attention", "train_step", "sam3_presets", "converter", "notebooks"}
 
 
 @pytest.mark.parametrize("in_features,out_features", lora_layers.SHAPES)

@@ -240,6 +240,7 @@ def test_sam3_wrapper_keeps_its_no_weights_forward_and_other_subclasses_are_left
     assert use_efficient_attention(model) == 2
     assert type(model["custom"]) is Custom
     assert model["wrapper"].forces_no_weights and not model["plain"].forces_no_weights
+    assert (model["wrapper"].converted_from, model["plain"].converted_from) == ("MultiheadAttentionWrapper", "MultiheadAttention")
     x = torch.randn(5, 2, 16)
     assert model["wrapper"](x, x, x)[1] is None  # need_weights defaults to True; the wrapper never returns them
     assert model["plain"](x, x, x)[1] is not None
@@ -265,6 +266,11 @@ def test_frozen_attention_passes_gradients_on_without_the_score_matrix(monkeypat
 def test_built_sam3_models_use_efficient_attention():
     from sam3_lora_kit.sam3 import build_sam3
 
+    from sam3_lora_kit.sam3 import apply_lora
+
     model = build_sam3("tiny")
     kinds = {type(m).__name__ for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     assert kinds == {"EfficientMultiheadAttention"}
+    report = apply_lora(model, "detector-attn", rank=2, alpha=4)
+    # The LoRA report names the class each module was built as, not the conversion.
+    assert {row["kind"] for row in report.layers} == {"MultiheadAttention", "MultiheadAttentionWrapper"}

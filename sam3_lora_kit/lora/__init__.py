@@ -1,5 +1,6 @@
 """The course's LoRA core, independent of SAM 3: layers, injection and its report, adapter files."""
 from sam3_lora_kit.lora.adapter import AdapterError, architecture_fingerprint, load_adapter, read_adapter_metadata, save_adapter
+from sam3_lora_kit.lora.attention import EfficientMultiheadAttention, blockwise_attention, use_efficient_attention
 from sam3_lora_kit.lora.inject import (
     LoRAReport,
     count_parameters,
@@ -21,12 +22,14 @@ from sam3_lora_kit.lora.storage import (
 
 __all__ = [
     "AdapterError",
+    "EfficientMultiheadAttention",
     "LoRALayer",
     "LoRALinear",
     "LoRAMultiheadAttention",
     "LoRAReport",
     "StorageReport",
     "architecture_fingerprint",
+    "blockwise_attention",
     "count_parameters",
     "inject_lora",
     "iter_lora_layers",
@@ -41,4 +44,5 @@ __all__ = [
     "store_frozen_weights",
     "stored_parameter_names",
     "unmerge_lora",
+    "use_efficient_attention",
 ]

@@ -298,6 +298,7 @@ class EfficientMultiheadAttention(nn.MultiheadAttention):
     """
 
     forces_no_weights = False  # set per instance for modules converted from sam3's wrapper
+    converted_from = "MultiheadAttention"  # the class it was built as (LoRA reports show this name)
 
     def forward(
         self,
@@ -328,5 +329,6 @@ def use_efficient_attention(model: nn.Module) -> int:
             no_weights = forces_no_weights(module)
             module.__class__ = EfficientMultiheadAttention
             module.forces_no_weights = no_weights
+            module.converted_from = cls.__name__
             converted += 1
     return converted

@@ -151,7 +151,7 @@ def inject_lora(
         _set_submodule(model, name, wrapper)
         lora_params = sum(p.numel() for p_name, p in wrapper.named_parameters() if p_name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
         shape = tuple(module.in_proj_weight.shape if isinstance(module, nn.MultiheadAttention) else module.weight.shape)
-        report.layers.append({"name": name, "kind": type(module).__name__, "shape": "x".join(map(str, shape)), "rank": rank, "lora_params": lora_params})
+        report.layers.append({"name": name, "kind": getattr(module, "converted_from", type(module).__name__), "shape": "x".join(map(str, shape)), "rank": rank, "lora_params": lora_params})
 
     for pattern in trainable_modules:
         hits = [name for name, module in model.named_modules() if name and name_matches(name, pattern) and not isinstance(module, LoRALayer)]
