@@ -10,7 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sam3_lora_kit.lora import LoRAMultiheadAttention
 from sam3_lora_kit.lora import attention as attention_module
-from sam3_lora_kit.lora.attention import blockwise_attention
+from sam3_lora_kit.lora.attention import EfficientMultiheadAttention, blockwise_attention, use_efficient_attention
 
 N, H, L, S, D = 2, 3, 37, 29, 8
 # A block of 5 query rows: every call below runs 8 blocks, the last one short.
@@ -172,7 +172,6 @@ def test_lora_attention_trains_on_cpu_without_the_score_matrix(monkeypatch):
 
 
 # ------------------------------------------------------------------ EfficientMultiheadAttention
-from sam3_lora_kit.lora.attention import EfficientMultiheadAttention, use_efficient_attention  # noqa: E402
 
 
 def _mha_cases():
@@ -211,7 +210,7 @@ def test_efficient_module_is_the_module_it_replaced(batch_first, case):
     assert use_efficient_attention(converted) == 1
     assert type(converted) is EfficientMultiheadAttention
     assert converted.state_dict().keys() == original.state_dict().keys()
-    inputs = {name: t for name, t in kwargs.items()}
+    inputs = dict(kwargs)
     if not batch_first and inputs["query"].dim() == 3:
         for name in ("query", "key", "value"):
             inputs[name] = inputs[name].transpose(0, 1)
