@@ -81,36 +81,54 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved_times(
-    variants: Mapping[str, Callable[[], object]], settings: Settings, min_sample_s: float = 0.0
+    variants: Mapping[str, Callable[[], object]],
+    settings: Settings,
+    min_sample_s: float = 0.0,
+    budget_s: float = 0.0,
+    max_repeats: int = 41,
 ) -> dict[str, list[float]]:
-    """Seconds per call of every variant, ``settings.repeats`` samples each, interleaved (ABC, BCA, CAB, ...).
+    """Seconds per call of every variant, interleaved (ABC, BCA, CAB, ...), ``settings.repeats`` samples each or more.
 
     Contention from other processes then hits all variants alike; each variant first runs
     ``settings.warmup`` times untimed. With ``min_sample_s`` > 0, each timed sample loops the
     call enough times that every sample lasts at least ``min_sample_s`` (the same count for
     every variant, so paired samples stay comparable), and reports the time per call:
-    short calls then average over many runs instead of one.
+    short calls then average over many runs instead of one. With ``budget_s`` > 0, cheap
+    cases take more rounds, as many as fit in ``budget_s`` of timed samples (see
+    ``repeats_for_budget``): a median of paired ratios only narrows with more pairs.
     """
     names = list(variants)
     for _ in range(settings.warmup):
         for name in names:
             variants[name]()
-    calls = calls_per_sample(variants, settings.device, min_sample_s)
+    single = {name: time_once(fn, settings.device) for name, fn in variants.items()}  # seconds, one call each
+    calls = calls_for_sample(min(single.values()), min_sample_s)
+    repeats = repeats_for_budget(calls * sum(single.values()), budget_s, settings.repeats, max_repeats)
     synchronize(settings.device)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(settings.repeats):
+    for repeat in range(repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(time_once(_looped(variants[name], calls), settings.device) / calls)
     return times
 
 
-def calls_per_sample(variants: Mapping[str, Callable[[], object]], device: torch.device, min_sample_s: float) -> int:
+def calls_for_sample(fastest_s: float, min_sample_s: float) -> int:
     """Calls per timed sample so that the fastest variant's sample lasts ``min_sample_s`` (1 if 0)."""
     if min_sample_s <= 0:
         return 1
-    fastest = min(time_once(fn, device) for fn in variants.values())
-    return max(1, math.ceil(min_sample_s / max(fastest, 1e-9)))
+    return max(1, math.ceil(min_sample_s / max(fastest_s, 1e-9)))
+
+
+def repeats_for_budget(round_s: float, budget_s: float, minimum: int, maximum: int) -> int:
+    """Rounds that fit in ``budget_s`` when one round (every variant's sample) takes ``round_s``.
+
+    Never fewer than ``minimum`` (the requested repeats) nor more than ``maximum`` (unless
+    ``minimum`` is larger); ``budget_s`` <= 0 gives ``minimum``.
+    """
+    if budget_s <= 0 or round_s <= 0:
+        return minimum
+    return max(minimum, min(maximum, int(budget_s // round_s)))
 
 
 def _looped(fn: Callable[[], object], calls: int) -> Callable[[], None]:

@@ -51,6 +51,12 @@ MIN_SAMPLE_S = 0.1  # each timed sample loops the call until it lasts this long
 MERGED_MIN_REPEATS = 9  # merged vs base runs the same kernels: only more samples shrink the noise
 MHA_MIN_REPEATS = 11  # attention dominates these cases: the three variants differ by a few percent
 LINEAR_MIN_REPEATS = 9  # full run: paired kit/base ratios spread about +-10 % on a shared 2-core machine
+# Full run: seconds of timed samples per case (per mode for the merged block); cheap cases then
+# take up to MAX_REPEATS rounds instead of the minimum. Quick runs keep the requested repeats.
+LINEAR_BUDGET_S = 20.0
+MERGED_BUDGET_S = 60.0
+MHA_BUDGET_S = 90.0
+MAX_REPEATS = 41
 
 
 def available() -> str | None:
@@ -98,6 +104,11 @@ def _train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, attentio
 
 def _forward(module: nn.Module, x: torch.Tensor, attention: bool = False):
     return lambda: module(x, x, x, need_weights=False)[0] if attention else module(x)
+
+
+def _budget(settings: Settings, seconds: float) -> float:
+    """The timing budget of a full run's case; quick runs take exactly the requested repeats."""
+    return 0.0 if settings.quick else seconds
 
 
 def arithmetic_floor(in_features: int, out_features: int, rank: int, tokens: int) -> float:
@@ -154,10 +165,10 @@ def _linear_case(in_features: int, out_features: int, batch: int, rank: int, tok
             return out
 
         steps[other], forwards[other], modules[other] = other_step, other_forward, ours
-    times = interleaved_times(steps, settings, MIN_SAMPLE_S)
+    times = interleaved_times(steps, settings, MIN_SAMPLE_S, _budget(settings, LINEAR_BUDGET_S), MAX_REPEATS)
     result = {
         "in_features": in_features, "out_features": out_features, "batch": batch, "tokens": tokens, "rank": rank,
-        "repeats": settings.repeats,
+        "repeats": len(times["base"]),
         "floor": arithmetic_floor(in_features, out_features, rank, batch * tokens),
         "lora_path": "fused" if layers._use_fused(x, base.weight) else "inplace",
         "vs_base": summarise(times, "base"), "vs_peft": summarise(times, "peft"),
@@ -184,9 +195,10 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
     merged.requires_grad_(False)
     x = torch.randn(1, tokens, 256, device=device, requires_grad=True)
     grad = torch.randn(1, tokens, 256, device=device)
-    out = {"tokens": tokens, "embed_dim": 256, "rank": 8, "repeats": settings.repeats}
+    budget = _budget(settings, MERGED_BUDGET_S)
+    out = {"tokens": tokens, "embed_dim": 256, "rank": 8}
     train = {name: _train_step(module, x, grad) for name, module in (("base", base), ("merged", merged))}
-    out["train"] = summarise(interleaved_times(train, settings, MIN_SAMPLE_S), "base")
+    out["train"] = summarise(interleaved_times(train, settings, MIN_SAMPLE_S, budget, MAX_REPEATS), "base")
     x_eval = x.detach()
 
     def inference(module: nn.Module):
@@ -197,7 +209,8 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
 
     base.eval(), merged.eval()
     infer = {"base": inference(base), "merged": inference(merged)}
-    out["inference"] = summarise(interleaved_times(infer, settings, MIN_SAMPLE_S), "base")
+    out["inference"] = summarise(interleaved_times(infer, settings, MIN_SAMPLE_S, budget, MAX_REPEATS), "base")
+    out["repeats"] = {mode: len(out[mode]["times_s"]["base"]) for mode in ("train", "inference")}
     return out
 
 
@@ -217,8 +230,8 @@ def _mha_case(embed_dim: int, heads: int, tokens: int, rank: int, settings: Sett
     modules = {"base": base, "lora": ours, "peft": peft}
     steps = {name: _train_step(module, x, grad, attention=True) for name, module in modules.items()}
     forwards = {name: _forward(module, x, attention=True) for name, module in modules.items()}
-    times = interleaved_times(steps, settings, MIN_SAMPLE_S)
-    result = {"embed_dim": embed_dim, "heads": heads, "tokens": tokens, "rank": rank,
+    times = interleaved_times(steps, settings, MIN_SAMPLE_S, _budget(settings, MHA_BUDGET_S), MAX_REPEATS)
+    result = {"embed_dim": embed_dim, "heads": heads, "tokens": tokens, "rank": rank, "repeats": len(times["base"]),
               "trainable": {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, m in modules.items()},
               "vs_base": summarise(times, "base"), "vs_peft": summarise(times, "peft")}
     result.update(_memory(steps, forwards, modules, device))
@@ -295,6 +308,19 @@ GOAL_TEXT = {
 }
 
 
+def _pairs(summary: dict) -> int:
+    """How many paired samples a summary's ratios come from."""
+    return min((len(values) for values in summary.get("times_s", {}).values()), default=0)
+
+
+def _span(counts) -> str:
+    """``"9-41"`` (or ``"9"``) for the sample counts of several cases."""
+    counts = sorted(set(counts))
+    if not counts:
+        return "n/a"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def _spread(summary: dict, name: str, reference: str) -> str:
     """Quartiles ``q1-q3`` of the paired ratios ``name / reference`` behind a median: the run's noise."""
     times = summary.get("times_s", {})
@@ -332,30 +358,29 @@ def report(result: dict, out_dir) -> str:
                      fmt_ms(med["base"]), fmt_ms(med["lora"]), fmt_ms(med["peft"]),
                      fmt_ratio(base_r["lora"]), _spread(c["vs_base"], "lora", "base"), fmt_ratio(base_r["peft"]), fmt_ratio(peft_r["lora"]),
                      f"{other[5:]} {fmt_ratio(base_r[other])}" if other else "",
-                     fmt_mib(c["saved_bytes"]["lora"]), fmt_mib(c["saved_bytes"]["peft"])])
+                     fmt_mib(c["saved_bytes"]["lora"]), fmt_mib(c["saved_bytes"]["peft"]), _pairs(c["vs_base"])])
     lines.append(markdown_table(["in x out", "batch", "tokens", "rank", "kit path", "floor", "base ms", "kit ms", "PEFT ms",
-                                 "kit/base", "kit/base q1-q3", "PEFT/base", "kit/PEFT", "other path /base", "kit saved MiB", "PEFT saved MiB"], rows))
-    linear_repeats = sorted({c.get("repeats", result.get("settings", {}).get("repeats")) for c in body["linear"]} - {None})
-    lines += ["", f"{', '.join(map(str, linear_repeats)) or 'n/a'} paired samples per variant and case; `kit/base q1-q3`: "
-              f"quartiles of the paired ratios behind the median, i.e. this machine's noise on that case."]
+                                 "kit/base", "kit/base q1-q3", "PEFT/base", "kit/PEFT", "other path /base", "kit saved MiB", "PEFT saved MiB", "pairs"], rows))
+    lines += ["", f"`pairs`: paired samples per variant ({_span(_pairs(c['vs_base']) for c in body['linear'])} per case: "
+              f"a full run gives cheap cases more, see `LINEAR_BUDGET_S`); `kit/base q1-q3`: quartiles of the paired "
+              f"ratios behind the median, i.e. this machine's noise on that case."]
     lines += ["", "### Merged LoRA against no LoRA (256-wide transformer block, rank 8)", ""]
-    repeats = sorted({c.get("repeats", result.get("settings", {}).get("repeats")) for c in body["merged"]} - {None})
     lines += [f"A merged LoRA layer runs its base module unchanged, so both columns time the same kernels and the "
-              f"ratio's distance from 1 is measurement noise ({', '.join(map(str, repeats)) or 'n/a'} paired samples "
-              f"per variant, each at least {body['parameters'].get('min_sample_s', 0) * 1000:.0f} ms).", ""]
+              f"ratio's distance from 1 is measurement noise ({_span(_pairs(c[mode]) for c in body['merged'] for mode in ('train', 'inference'))} "
+              f"paired samples per variant, each at least {body['parameters'].get('min_sample_s', 0) * 1000:.0f} ms).", ""]
     rows = [[c["tokens"], mode, fmt_ms(c[mode]["median_s"]["base"]), fmt_ms(c[mode]["median_s"]["merged"]),
-             fmt_ratio(c[mode]["ratio"]["merged"]), _spread(c[mode], "merged", "base")]
+             fmt_ratio(c[mode]["ratio"]["merged"]), _spread(c[mode], "merged", "base"), _pairs(c[mode])]
             for c in body["merged"] for mode in ("train", "inference")]
-    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base", "paired ratios q1-q3"], rows))
+    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base", "paired ratios q1-q3", "pairs"], rows))
     lines += ["", "### Multi-head attention (E=256, 8 heads, rank 8, self-attention, fwd+bwd)", ""]
     rows = [[c["tokens"], fmt_ms(c["vs_base"]["median_s"]["base"]), fmt_ms(c["vs_base"]["median_s"]["lora"]),
              fmt_ms(c["vs_base"]["median_s"]["peft"]), fmt_ratio(c["vs_base"]["ratio"]["lora"]),
              fmt_ratio(c["vs_base"]["ratio"]["peft"]), fmt_ratio(c["vs_peft"]["ratio"]["lora"]),
-             _spread(c["vs_peft"], "lora", "peft"), f"{c['trainable']['lora']:,} / {c['trainable']['peft']:,}",
+             _spread(c["vs_peft"], "lora", "peft"), _pairs(c["vs_peft"]), f"{c['trainable']['lora']:,} / {c['trainable']['peft']:,}",
              f"{fmt_mib(c['saved_bytes']['lora'])} / {fmt_mib(c['saved_bytes']['peft'])} / {fmt_mib(c['saved_bytes']['base'])}"]
             for c in body["mha"]]
     lines.append(markdown_table(["tokens", "base ms", "kit ms", "PEFT ms", "kit/base", "PEFT/base", "kit/PEFT",
-                                 "kit/PEFT q1-q3", "trainable kit / PEFT", "saved MiB kit / PEFT / base"], rows))
+                                 "kit/PEFT q1-q3", "pairs", "trainable kit / PEFT", "saved MiB kit / PEFT / base"], rows))
     lines.append("\nThe kit adapts q, k, v with one rank-8 factor pair each; PEFT adapts the packed in_proj with one.")
     _plot(body, out_dir / "lora_layers.png")
     lines += ["", "![LoRA layer cost relative to the frozen base](lora_layers.png)"]

@@ -194,3 +194,39 @@ def test_full_cpu_run_measures_1008_px_with_both_allocator_settings():
     settings = Settings(quick=False, device=torch.device("cpu"), threads=2, repeats=3, warmup=1)
     at_1008 = [(c["preset"], c.get("malloc_mmap_threshold")) for c in train_step._configs(settings) if c.get("image_size") == 1008]
     assert at_1008 == [("all-attn", None), ("all-attn", train_step.MALLOC_MMAP_THRESHOLD), ("full", train_step.MALLOC_MMAP_THRESHOLD)]
+
+
+@pytest.mark.parametrize("round_s,budget_s,expected", [
+    (0.5, 20.0, 40),  # cheap case: as many rounds as fit
+    (0.1, 20.0, 41),  # capped
+    (5.0, 20.0, 9),  # expensive case: never fewer than the minimum
+    (0.5, 0.0, 9),  # no budget (quick runs): the minimum
+])
+def test_repeats_for_budget(round_s, budget_s, expected):
+    from benchmarks.common import repeats_for_budget
+
+    assert repeats_for_budget(round_s, budget_s, minimum=9, maximum=41) == expected
+
+
+def test_interleaved_times_fills_the_budget_with_rounds():
+    import time as time_module
+
+    import torch
+
+    from benchmarks.common import Settings, interleaved_times
+
+    settings = Settings(quick=False, device=torch.device("cpu"), threads=1, repeats=3, warmup=1)
+    calls = {"a": 0, "b": 0}
+
+    def variant(name):
+        def run():
+            calls[name] += 1
+            time_module.sleep(0.002)
+        return run
+
+    variants = {"a": variant("a"), "b": variant("b")}
+    without = interleaved_times(variants, settings)
+    assert [len(v) for v in without.values()] == [3, 3]
+    with_budget = interleaved_times(variants, settings, budget_s=0.2, max_repeats=12)
+    counts = {len(v) for v in with_budget.values()}
+    assert len(counts) == 1 and 3 < counts.pop() <= 12
