@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BENCHMARKS = ("benchmarks.lora_layers", "benchmarks.attention", "benchmarks.train_step", "benchmarks.sam3_presets", "benchmarks.converter",
+BENCHMARKS = ("benchmarks.lora_layers", "benchmarks.attention", "benchmarks.train_step", "benchmarks.activations",
+              "benchmarks.sam3_presets", "benchmarks.converter",
               "benchmarks.notebooks")
 
 
