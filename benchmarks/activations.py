@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from benchmarks.common import Settings, markdown_table
 from benchmarks.measure import measure_module
@@ -62,6 +63,45 @@ def tally(saved: list[tuple[str, tuple, int]]) -> dict:
     return dict(sorted(parts.items(), key=lambda item: -item[1]["bytes"]))
 
 
+def saved_by_module(model, forward: Callable[[], Any]) -> tuple[Any, list[tuple[str, tuple, int]]]:
+    """Run ``forward()`` and return its result with ``(module name, shape, bytes)`` for every storage autograd saved.
+
+    Each storage counts once, for the innermost module of ``model`` running when it was first
+    saved (``""`` outside every module); ``model``'s parameters are left out.
+    """
+    import torch
+
+    names = {module: name for name, module in model.named_modules()}
+    running = [""]  # the module stack; "" = outside every module
+
+    def enter(module, args) -> None:
+        running.append(names[module])
+
+    def leave(module, args, output) -> None:  # returns None: a hook's return value would replace the output
+        running.pop()
+
+    parameter_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, tuple[str, tuple, int]] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in parameter_ptrs and pointer not in seen:
+            seen[pointer] = (running[-1], tuple(tensor.shape), storage.nbytes())
+        return tensor
+
+    handles = []
+    try:
+        for module in model.modules():
+            handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            result = forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, list(seen.values())
+
+
 def worker(spec: dict) -> dict:
     """Build the configuration in ``spec``, run one training forward and record what it saves, by module."""
     import torch
@@ -90,37 +130,9 @@ def worker(spec: dict) -> dict:
     loss_fn = build_loss("cpu")
     model.train()
 
-    names = {module: name for name, module in model.named_modules()}
-    running = [""]  # the module stack; "" = outside every module
-
-    def enter(module, args) -> None:
-        running.append(names[module])
-
-    def leave(module, args, output) -> None:  # returns None: a hook's return value would replace the output
-        running.pop()
-
-    handles = []
-    for module in model.modules():
-        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-    parameter_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, tuple[str, tuple, int]] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        pointer = storage.data_ptr()
-        if pointer not in parameter_ptrs and pointer not in seen:
-            seen[pointer] = (running[-1], tuple(tensor.shape), storage.nbytes())
-        return tensor
-
     began = time.perf_counter()
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            loss = training_step_loss(model, batch, loss_fn)["core_loss"]
-    finally:
-        for handle in handles:
-            handle.remove()
+    loss, saved = saved_by_module(model, lambda: training_step_loss(model, batch, loss_fn)["core_loss"])
     forward_s = time.perf_counter() - began
-    saved = list(seen.values())
     return {"size": spec["size"], "image_size": image_size, "forward_s": forward_s, "loss": float(loss.detach()),
             "saved_bytes": sum(n for _, _, n in saved), "parts": tally(saved)}
 

@@ -230,3 +230,45 @@ def test_interleaved_times_fills_the_budget_with_rounds():
     with_budget = interleaved_times(variants, settings, budget_s=0.2, max_repeats=12)
     counts = {len(v) for v in with_budget.values()}
     assert len(counts) == 1 and 3 < counts.pop() <= 12
+
+
+def test_saved_by_module_attributes_each_storage_once_to_the_innermost_module():
+    import torch
+    from torch import nn
+
+    from benchmarks.activations import saved_by_module
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.ReLU()), nn.Linear(8, 2))
+    x = torch.randn(3, 4, requires_grad=True)
+    out, saved = saved_by_module(model, lambda: (model(x) ** 2).sum())
+    by_module = {name: (shape, n_bytes) for name, shape, n_bytes in saved}
+    assert by_module["0"] == ((3, 4), 3 * 4 * 4)  # the first linear keeps its input
+    assert by_module["1.0"] == ((3, 8), 3 * 8 * 4)  # ReLU keeps its output; the second linear's input is that storage
+    assert by_module[""] == ((3, 2), 3 * 2 * 4)  # the square, outside any module, keeps the model's output
+    assert len(saved) == 3 and out.requires_grad  # the weights the linears save are parameters: left out
+    assert not model[0]._forward_hooks and not model[0]._forward_pre_hooks  # hooks removed
+
+
+def test_tally_sums_parts_and_finds_the_largest_tensor():
+    from benchmarks.activations import OUTSIDE, tally
+
+    saved = [("transformer.decoder", (24, 400, 5184), 100), ("transformer.decoder", (24, 400, 5184), 100),
+             ("transformer.decoder.layers.0.cross_attn", (2, 3), 10), ("", (9, 16), 50),
+             ("backbone.vision_backbone.trunk.blocks.3", (1, 72, 72, 1024), 40)]
+    parts = tally(saved)
+    # largest first; a part is a name's first three components, so the decoder's layers are a part of their own
+    assert list(parts) == ["transformer.decoder", OUTSIDE, "backbone.vision_backbone.trunk", "transformer.decoder.layers"]
+    decoder = parts["transformer.decoder"]
+    assert decoder["bytes"] == 200 and decoder["tensors"] == 2
+    assert decoder["largest_shape"] == [24, 400, 5184] and decoder["largest_count"] == 2
+    assert parts[OUTSIDE]["bytes"] == 50
+
+
+def test_quick_activations(quick_results):
+    body = json.loads((quick_results / "activations.json").read_text(encoding="utf-8"))["result"]
+    (row,) = body["rows"]
+    assert row["size"] == "tiny" and row["saved_bytes"] > 0
+    assert sum(part["bytes"] for part in row["parts"].values()) == row["saved_bytes"]
+    assert "transformer.decoder" in row["parts"]
+    readme = (quick_results / "README.md").read_text(encoding="utf-8")
+    assert "activation memory goes" in readme and "| transformer.decoder |" in readme
