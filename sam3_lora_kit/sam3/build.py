@@ -24,6 +24,7 @@ from torch import nn
 from sam3_lora_kit.lora.attention import use_efficient_attention
 from sam3_lora_kit.runtime import pick_device
 from sam3_lora_kit.sam3 import compat
+from sam3_lora_kit.sam3.box_bias import use_factored_box_bias
 
 __all__ = ["CheckpointError", "LoadReport", "TINY", "bpe_path", "build_sam3", "load_sam3_checkpoint"]
 
@@ -230,7 +231,8 @@ def build_sam3(
     ``checkpoint``: ``None`` (random weights), a path to an official-format file, a state dict,
     or ``"hf"`` to download ``facebook/sam3`` (needs accepted access on the Hugging Face Hub).
     ``image_size``: input side in pixels (default 1008 for full, 224 for tiny); a multiple of 14.
-    Its ``nn.MultiheadAttention`` modules are ``EfficientMultiheadAttention`` (same weights).
+    Its ``nn.MultiheadAttention`` modules are ``EfficientMultiheadAttention`` and its decoder passes
+    the box bias to each layer factored (``box_bias.py``); weights and state dict are sam3's.
     """
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
@@ -243,6 +245,7 @@ def build_sam3(
     model.image_size = image_size  # read by BatchBuilder users and postprocess
     compat.make_geometry_encoder_cpu_safe(model.geometry_encoder)
     use_efficient_attention(model)  # same state dict; on a CPU, attention dropout without (N, H, L, S) scores
+    use_factored_box_bias(model)  # same state dict; the decoder's box bias is not kept alive per layer
     if checkpoint is None:
         _init_text_encoder(model)
     else:
