@@ -130,7 +130,7 @@ def test_memory_model(act_ckpt, steps, expected_gib):
 
 def test_registry_lists_every_benchmark():
     names = {module.NAME for module in registry.load()}
-    assert names == {"lora_layers", "attention", "train_step", "sam3_presets", "converter", "notebooks"}
+    assert names == {"lora_layers", "attention", "train_step", "activations", "sam3_presets", "converter", "notebooks"}
 
 
 @pytest.mark.parametrize("in_features,out_features", lora_layers.SHAPES)
