@@ -106,27 +106,19 @@ def worker(spec: dict) -> dict:
     """Build the configuration in ``spec``, run one training forward and record what it saves, by module."""
     import torch
 
-    from sam3_lora_kit.data import CocoSegmentationDataset, convert_roboflow, sample_data_dir
+    from benchmarks.train_step import checkpoint_vit_only, sample_batch
     from sam3_lora_kit.lora import store_frozen_weights
     from sam3_lora_kit.runtime import set_seed
-    from sam3_lora_kit.sam3 import DEFAULT_PRESET, BatchBuilder, apply_lora, build_loss, build_sam3, training_step_loss
-    from sam3_lora_kit.train.trainer import set_activation_checkpointing
+    from sam3_lora_kit.sam3 import DEFAULT_PRESET, apply_lora, build_loss, build_sam3, training_step_loss
 
     torch.set_num_threads(spec["threads"])
     set_seed(0)
     model = build_sam3(spec["size"], device="cpu", image_size=spec["image_size"])
     apply_lora(model, DEFAULT_PRESET, rank=8, alpha=16)
     store_frozen_weights(model, torch.bfloat16)
-    set_activation_checkpointing(model, False)
-    for module in model.modules():  # ViT checkpointing, as in the training benchmark's default rows
-        if type(module).__name__ == "ViT":
-            module.use_act_checkpoint = True
-    with tempfile.TemporaryDirectory() as tmp:
-        convert_roboflow(sample_data_dir() / "coco-segmentation", Path(tmp) / "coco")
-        dataset = CocoSegmentationDataset(Path(tmp) / "coco", "train")
-        samples = [dataset[0]]
+    checkpoint_vit_only(model, True)  # as in the training benchmark's default rows
     image_size = spec["image_size"] or int(model.image_size)
-    batch = BatchBuilder(list(dataset.category_names), image_size, seed=0)(samples)
+    batch = sample_batch(1, image_size)
     loss_fn = build_loss("cpu")
     model.train()
 

@@ -94,13 +94,35 @@ def _saved_bytes_hook():
     return seen, pack
 
 
+def checkpoint_vit_only(model, enabled: bool) -> None:
+    """Activation checkpointing of the ViT blocks on or off; the pixel decoder's is turned off (sam3
+    checkpoints the fusion encoder, the decoder and the segmentation head in training regardless)."""
+    from sam3_lora_kit.train.trainer import set_activation_checkpointing
+
+    set_activation_checkpointing(model, False)
+    for module in model.modules():
+        if type(module).__name__ == "ViT":
+            module.use_act_checkpoint = enabled
+
+
+def sample_batch(batch_size: int, image_size: int):
+    """The first ``batch_size`` training images of the bundled sample (converted to COCO), as a SAM 3 batch."""
+    from sam3_lora_kit.data import CocoSegmentationDataset, convert_roboflow, sample_data_dir
+    from sam3_lora_kit.sam3 import BatchBuilder
+
+    with tempfile.TemporaryDirectory() as tmp:  # the sample export, converted to clean COCO
+        convert_roboflow(sample_data_dir() / "coco-segmentation", Path(tmp) / "coco")
+        dataset = CocoSegmentationDataset(Path(tmp) / "coco", "train")
+        samples = [dataset[i] for i in range(batch_size)]
+    return BatchBuilder(list(dataset.category_names), image_size, seed=0)(samples)
+
+
 def worker(spec: dict) -> dict:
     """Build the model, set up the configuration in ``spec`` and time training steps; returns figures."""
     import torch
 
     from sam3_lora_kit.runtime import autocast_context, set_seed
-    from sam3_lora_kit.sam3 import BatchBuilder, apply_lora, build_loss, build_sam3, training_step_loss
-    from sam3_lora_kit.train.trainer import set_activation_checkpointing
+    from sam3_lora_kit.sam3 import apply_lora, build_loss, build_sam3, training_step_loss
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -124,26 +146,16 @@ def worker(spec: dict) -> dict:
             from sam3_lora_kit.lora import store_frozen_weights
 
             out["frozen_storage"] = store_frozen_weights(model, getattr(torch, spec["frozen_dtype"])).summary()
-    set_activation_checkpointing(model, False)
-    for module in model.modules():  # the ViT only: the pixel decoder's checkpointing stays as built
-        if type(module).__name__ == "ViT":
-            module.use_act_checkpoint = spec["act_ckpt"]
+    checkpoint_vit_only(model, spec["act_ckpt"])
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     out.update(params_total=total, params_trainable=trainable, percent_trainable=100.0 * trainable / total,
                param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
                trainable_bytes=sum(p.numel() * p.element_size() for p in params))
 
-    from sam3_lora_kit.data import CocoSegmentationDataset, convert_roboflow, sample_data_dir
-
-    with tempfile.TemporaryDirectory() as tmp:  # the sample export, converted to clean COCO
-        convert_roboflow(sample_data_dir() / "coco-segmentation", Path(tmp) / "coco")
-        dataset = CocoSegmentationDataset(Path(tmp) / "coco", "train")
-        samples = [dataset[i] for i in range(spec["batch_size"])]
     image_size = spec["image_size"] or int(model.image_size)
     out["image_size"] = image_size
-    builder = BatchBuilder(list(dataset.category_names), image_size, seed=0)
-    batch = builder(samples)
+    batch = sample_batch(spec["batch_size"], image_size)
     if cuda:
         from sam3.model.utils.misc import copy_data_to_device
 
@@ -409,7 +421,7 @@ def run(settings: Settings, log=print, budget_s: float | None = None) -> dict:
                            "precision": "bf16 autocast" if settings.device.type == "cuda" else "fp32",
                            "guard_bytes": GUARD_BYTES, "goals": GOALS,
                            "note": "fusion encoder/decoder always checkpoint (sam3 requires it in training); "
-                                   "act_ckpt toggles the ViT's; the pixel decoder keeps its build setting"},
+                                   "act_ckpt toggles the ViT's; the pixel decoder's own is off (sam3 checkpoints the segmentation head around it as a whole)"},
             "runs": rows, "ratios": ratios(rows), "goals": goals(rows)}
 
 
