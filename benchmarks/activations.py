@@ -19,9 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
 
-from benchmarks.common import Settings, markdown_table
+from benchmarks.common import Settings, markdown_table, saved_by_module
 from benchmarks.measure import measure_module
 
 NAME = "activations"
@@ -61,45 +60,6 @@ def tally(saved: list[tuple[str, tuple, int]]) -> dict:
     for name, part in parts.items():
         part["largest_count"] = shapes[name][tuple(part["largest_shape"])]
     return dict(sorted(parts.items(), key=lambda item: -item[1]["bytes"]))
-
-
-def saved_by_module(model, forward: Callable[[], Any]) -> tuple[Any, list[tuple[str, tuple, int]]]:
-    """Run ``forward()`` and return its result with ``(module name, shape, bytes)`` for every storage autograd saved.
-
-    Each storage counts once, for the innermost module of ``model`` running when it was first
-    saved (``""`` outside every module); ``model``'s parameters are left out.
-    """
-    import torch
-
-    names = {module: name for name, module in model.named_modules()}
-    running = [""]  # the module stack; "" = outside every module
-
-    def enter(module, args) -> None:
-        running.append(names[module])
-
-    def leave(module, args, output) -> None:  # returns None: a hook's return value would replace the output
-        running.pop()
-
-    parameter_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, tuple[str, tuple, int]] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        pointer = storage.data_ptr()
-        if pointer not in parameter_ptrs and pointer not in seen:
-            seen[pointer] = (running[-1], tuple(tensor.shape), storage.nbytes())
-        return tensor
-
-    handles = []
-    try:
-        for module in model.modules():
-            handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            result = forward()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return result, list(seen.values())
 
 
 def worker(spec: dict) -> dict:

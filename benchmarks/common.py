@@ -8,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -160,19 +160,46 @@ def saved_tensor_bytes(fn: Callable[[], torch.Tensor], module: nn.Module) -> int
     Counts each storage once. On CPU this is the activation memory a layer adds to training,
     measured exactly; CUDA runs report ``max_memory_allocated`` as well.
     """
-    parameter_ptrs = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    seen: dict[int, int] = {}
+    out, saved = saved_by_module(module, fn)
+    del out
+    return sum(n_bytes for _, _, n_bytes in saved)
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+
+def saved_by_module(model, forward: Callable[[], Any]) -> tuple[Any, list[tuple[str, tuple, int]]]:
+    """Run ``forward()`` and return its result with ``(module name, shape, bytes)`` for every storage autograd saved.
+
+    Each storage counts once, for the innermost module of ``model`` running when it was first
+    saved (``""`` outside every module); ``model``'s parameters are left out.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    running = [""]  # the module stack; "" = outside every module
+
+    def enter(module, args) -> None:
+        running.append(names[module])
+
+    def leave(module, args, output) -> None:  # returns None: a hook's return value would replace the output
+        running.pop()
+
+    parameter_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, tuple[str, tuple, int]] = {}
+
+    def pack(tensor):
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_ptrs:
-            seen[storage.data_ptr()] = storage.nbytes()
+        pointer = storage.data_ptr()
+        if pointer not in parameter_ptrs and pointer not in seen:
+            seen[pointer] = (running[-1], tuple(tensor.shape), storage.nbytes())
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn()
-    del out
-    return sum(seen.values())
+    handles = []
+    try:
+        for module in model.modules():
+            handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            result = forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, list(seen.values())
 
 
 def peak_cuda_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
