@@ -16,6 +16,11 @@ from benchmarks.report import write_readme
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def result_file_name(name: str, device: torch.device) -> str:
+    """``<name>.json`` for CPU runs, ``<name>_cuda.json`` for GPU runs, so one never overwrites the other."""
+    return f"{name}_cuda.json" if device.type == "cuda" else f"{name}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small grid (under 2 minutes on a 2-core CPU)")
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                   "settings": {"repeats": settings.repeats, "warmup": settings.warmup, "threads": settings.threads,
                                "device": str(device), "order": "interleaved, rotated each repeat"},
                   "seconds": time.perf_counter() - start, "result": body}
-        path = args.out / f"{module.NAME}.json"
+        path = args.out / result_file_name(module.NAME, device)
         path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         print(f"benchmarks: wrote {path} ({result['seconds']:.0f} s)")
     readme = write_readme(args.out)

@@ -300,9 +300,12 @@ def run_config(spec: dict, timeout_s: float, log=print) -> dict:
             tail = log_path.read_text(encoding="utf-8", errors="replace")[-1500:]
             figures["status"] = f"failed (exit {child.returncode})"
             figures["log_tail"] = tail
+    cuda_peak = f"CUDA peak {figures['cuda_peak_bytes'] / GIB:.2f} GiB  " if "cuda_peak_bytes" in figures else ""
     log(f"  {spec['size']:<4} {spec['preset']:<13} act_ckpt={str(spec['act_ckpt']):<5} frozen={_frozen(spec)} malloc={_malloc(spec)} {figures['status']:<4} "
-        f"peak RSS {figures['peak_rss'] / GIB:.2f} GiB  step {figures.get('s_per_step', float('nan')):.2f} s  "
+        f"peak RSS {figures['peak_rss'] / GIB:.2f} GiB  {cuda_peak}step {figures.get('s_per_step', float('nan')):.2f} s  "
         f"(wall {figures['wall_s']:.0f} s)")
+    if "log_tail" in figures:
+        log(figures["log_tail"])
     return {"config": spec, **figures}
 
 
@@ -332,7 +335,11 @@ def memory_model(row: dict) -> dict | None:
         vit_saved = vit_peak = blocks * row["vit_block_saved_bytes"]
     rest = max(row["saved_forward_bytes"] - vit_saved, 0)
     activations = vit_peak + rest
-    runtime = max(row["rss_after_build"] - row.get("param_bytes_at_build", weights), row["rss_after_import"])  # libraries, tokenizer, allocator
+    if "cuda_peak_bytes" in row:  # tensors only: no runtime term
+        runtime, measured = 0, row["cuda_peak_bytes"]
+    else:
+        runtime = max(row["rss_after_build"] - row.get("param_bytes_at_build", weights), row["rss_after_import"])  # libraries, tokenizer, allocator
+        measured = row["peak_rss"]
     if row["config"]["warmup"] + row["config"]["steps"] > 1:
         predicted = runtime + weights + adamw + max(activations, grads)
     else:
@@ -340,7 +347,7 @@ def memory_model(row: dict) -> dict | None:
     return {"runtime": runtime, "weights": weights, "gradients": grads, "adamw": adamw,
             "activations_per_vit_block": row["vit_block_saved_bytes"], "activations_vit": vit_peak,
             "activations_rest": rest, "activations": activations, "predicted_peak": predicted,
-            "measured_peak": row["peak_rss"], "measured_over_predicted": row["peak_rss"] / predicted}
+            "measured_peak": measured, "measured_over_predicted": measured / predicted}
 
 
 def _configs(settings: Settings) -> list[dict]:
@@ -523,11 +530,14 @@ def report(result: dict, out_dir) -> str:
     body["runs"] = [{**row, "memory_model": memory_model(row)} for row in body["runs"]]
     body["ratios"], body["goals"] = ratios(body["runs"]), goals(body["runs"])  # derived from the runs by this code
     params = body["parameters"]
-    lines = [f"## {TITLE}", "",
+    cuda = any("cuda_peak_bytes" in row for row in body["runs"])
+    lines = [f"## {TITLE}{' on CUDA' if cuda else ''}", "",
              f"One process per configuration; peak RSS is the process's `VmHWM` (its whole resident peak: runtime, weights, "
              f"gradients, optimizer state, activations). Batch 1, rank {params['rank']}, alpha {params['alpha']}, "
              f"{params['optimizer']}; full-size model randomly initialised at {params['full_image_size']} px "
-             f"({params['precision']}). {params['note']}.", ""]
+             f"({params['precision']}). {params['note']}." + (
+                 " CUDA peak: `torch.cuda.max_memory_allocated` over the last timed step (tensors only; the CUDA "
+                 "context and the allocator's cache are not in it); seconds per step by CUDA events after a synchronise." if cuda else ""), ""]
     rows = []
     for row in body["runs"]:
         spec = row["config"]
@@ -560,8 +570,11 @@ def report(result: dict, out_dir) -> str:
     lines += ["", "### Memory model against measurement (GiB)", "",
               "weights = parameters x their bytes (4 B, or 2 B for frozen weights stored in bf16); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
               "ViT blocks x bytes one block saves (or its input when checkpointed, plus one block recomputed) + what "
-              "the rest of the model saves; runtime = RSS after the build less the weights. Single-step runs: runtime + weights + "
-              "max(activations, gradients + AdamW); with a warm-up step: runtime + weights + AdamW + max(activations, gradients).", ""]
+              "the rest of the model saves; runtime = RSS after the build less the weights (0 on CUDA, whose peak counts tensors only). Single-step runs: runtime + weights + "
+              "max(activations, gradients + AdamW); with a warm-up step: runtime + weights + AdamW + max(activations, gradients)." + (
+                  " On CUDA, `gap` (measured less predicted) is memory the model does not count: what lives only inside "
+                  "backward (the recomputed checkpointed regions' activations and the gradients flowing through them), "
+                  "and in full fine-tuning the gradients filling while those are still alive." if cuda else ""), ""]
     model_rows = []
     for row in body["runs"]:
         model = row.get("memory_model")
@@ -571,9 +584,10 @@ def report(result: dict, out_dir) -> str:
         model_rows.append([spec["size"], spec.get("image_size") or "112", _malloc(spec), spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _gib(model["runtime"]),
                            _gib(model["weights"]), _gib(model["gradients"]), _gib(model["adamw"]),
                            f"{model['activations_per_vit_block'] / 2**20:.1f}", _gib(model["activations"]),
-                           _gib(model["predicted_peak"]), _gib(model["measured_peak"]), f"{model['measured_over_predicted']:.2f}"])
+                           _gib(model["predicted_peak"]), _gib(model["measured_peak"]), f"{model['measured_over_predicted']:.2f}",
+                           _gib(model["measured_peak"] - model["predicted_peak"])])
     lines.append(markdown_table(["model", "px", "malloc", "preset", "ViT act. ckpt", "frozen weights", "runtime", "weights", "gradients", "AdamW",
-                                 "MiB / ViT block", "activations", "predicted", "measured", "measured / predicted"], model_rows))
+                                 "MiB / ViT block", "activations", "predicted", "measured", "measured / predicted", "gap"], model_rows))
     projected = [(row, project_1008_bf16(row)) for row in body["runs"]]
     projected = [(row, p) for row, p in projected if p]
     if projected:
@@ -608,21 +622,22 @@ def _plot(body: dict, out_dir: Path) -> str | None:
               f"{' bf16' if _frozen(r['config']) == 'bf16' else ''}" for r in rows]
     colors = ["tab:red" if r["config"]["preset"] == "full" else "tab:blue" for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) * 2), 4))
-    axes[0].bar(range(len(rows)), [r["peak_rss"] / GIB for r in rows], color=colors)
+    cuda = any("cuda_peak_bytes" in r for r in rows)
+    axes[0].bar(range(len(rows)), [_peak(r) / GIB for r in rows], color=colors)
     for i, r in enumerate(rows):
         if r.get("status") != "ok":
-            axes[0].text(i, r["peak_rss"] / GIB, "OOM" if r["status"].startswith("oom") else "fail", ha="center", va="bottom")
+            axes[0].text(i, _peak(r) / GIB, "OOM" if r["status"].startswith("oom") else "fail", ha="center", va="bottom")
         model = r.get("memory_model")
         if model:
             axes[0].plot([i - 0.4, i + 0.4], [model["predicted_peak"] / GIB] * 2, color="black", linewidth=1)
-    axes[0].set_ylabel("peak RSS (GiB); black: memory model")
+    axes[0].set_ylabel(f"{'CUDA max allocated' if cuda else 'peak RSS'} (GiB); black: memory model")
     axes[1].bar(range(len(rows)), [r.get("s_per_step", 0) for r in rows], color=colors)
     axes[1].set_ylabel("seconds per step")
     for ax in axes:
         ax.set_xticks(range(len(rows)), labels, fontsize=6)
     fig.suptitle("LoRA (blue) against full fine-tuning (red)")
     fig.tight_layout()
-    name = f"{NAME}.png"
+    name = f"{NAME}_cuda.png" if any(r["config"]["device"].startswith("cuda") for r in rows) else f"{NAME}.png"
     fig.savefig(out_dir / name, dpi=100)
     plt.close(fig)
     return name

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repository root
 from benchmarks import converter, lora_layers, registry, train_step  # noqa: E402
@@ -126,6 +127,26 @@ def test_memory_model(act_ckpt, steps, expected_gib):
            "vit_blocks": 32, "vit_block_saved_bytes": 0.1 * gib, "vit_block_input_bytes": 0.01 * gib,
            "saved_forward_bytes": (32 * (0.01 if act_ckpt else 0.1) + 0.5) * gib, "peak_rss": 10 * gib}
     assert train_step.memory_model(row)["predicted_peak"] / gib == pytest.approx(expected_gib)
+
+
+def test_memory_model_on_cuda_counts_tensors_only():
+    """A CUDA row: no runtime term, and the measured peak is ``max_memory_allocated``, not the RSS."""
+    gib = 2**30
+    row = {"status": "ok", "config": {"act_ckpt": True, "warmup": 1, "steps": 3},
+           "param_bytes": 2 * gib, "trainable_bytes": 0.01 * gib, "rss_after_build": 5 * gib, "rss_after_import": gib,
+           "vit_blocks": 32, "vit_block_saved_bytes": 0.1 * gib, "vit_block_input_bytes": 0.01 * gib,
+           "saved_forward_bytes": 1.0 * gib, "peak_rss": 4 * gib, "cuda_peak_bytes": 3 * gib}
+    model = train_step.memory_model(row)
+    assert model["runtime"] == 0
+    assert model["predicted_peak"] / gib == pytest.approx(2 + 0.02 + (1.0 - 0.32 + 0.32 + 0.1))
+    assert model["measured_peak"] == 3 * gib and model["measured_over_predicted"] == pytest.approx(3 / 3.12)
+
+
+def test_cuda_results_get_their_own_file():
+    from benchmarks.__main__ import result_file_name
+
+    assert result_file_name("train_step", torch.device("cpu")) == "train_step.json"
+    assert result_file_name("train_step", torch.device("cuda")) == "train_step_cuda.json"
 
 
 def test_registry_lists_every_benchmark():

@@ -273,3 +273,37 @@ def test_built_sam3_models_use_efficient_attention():
     report = apply_lora(model, "detector-attn", rank=2, alpha=4)
     # The LoRA report names the class each module was built as, not the conversion.
     assert {row["kind"] for row in report.layers} == {"MultiheadAttention", "MultiheadAttentionWrapper"}
+
+
+def test_attention_enters_only_the_named_sdpa_kernels() -> None:
+    """``backends`` limits ``scaled_dot_product_attention`` to those kernels for that call alone."""
+    q, k, v = _qkv(torch.float32)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attention_module.attention(q, k, v, backends=("MATH",)), expected)
+    with pytest.raises(RuntimeError, match="No viable backend|No available kernel"):  # the CPU has no efficient-attention kernel
+        attention_module.attention(q, k, v, backends=("EFFICIENT_ATTENTION",))
+    torch.testing.assert_close(attention_module.attention(q, k, v), expected)  # nothing left behind
+
+
+def test_pinned_kernels_hold_in_the_forward_and_in_checkpoint_recomputation(monkeypatch) -> None:
+    """A module's ``sdpa_backends`` reach its attention call, also when backward recomputes it."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 2, batch_first=True)
+    use_efficient_attention(mha)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    mha.sdpa_backends = ("EFFICIENT_ATTENTION",)
+    with pytest.raises(RuntimeError, match="No viable backend|No available kernel"):
+        mha(x, x, x, need_weights=False)
+    mha.sdpa_backends = ("MATH",)
+    seen = []
+    original = attention_module.sdpa_kernel
+
+    def spy(backends):
+        seen.append(tuple(backends))
+        return original(backends)
+
+    monkeypatch.setattr(attention_module, "sdpa_kernel", spy)
+    out = checkpoint(lambda t: mha(t, t, t, need_weights=False)[0], x, use_reentrant=False)
+    out.sum().backward()
+    assert seen == [(torch.nn.attention.SDPBackend.MATH,)] * 2  # forward, then the recomputation in backward
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -202,3 +202,17 @@ def test_tiny_model_pickles_and_copies(tiny) -> None:
     buffer.seek(0)
     again = torch.load(buffer, weights_only=False)
     assert torch.equal(again.transformer.decoder.query_embed.weight, tiny.transformer.decoder.query_embed.weight)
+
+
+def test_text_encoder_attention_is_pinned_to_sam3s_kernels(tiny) -> None:
+    """sam3 runs its text encoder under ``sdpa_kernel(MATH, EFFICIENT, FLASH)`` but only in the
+    forward; the kit pins those kernels on the encoder's attention modules so checkpoint
+    recomputation in backward picks the same kernel (on CUDA it would otherwise pick cuDNN)."""
+    from sam3_lora_kit.sam3.build import TEXT_ENCODER_SDPA_BACKENDS, pin_text_encoder_kernels
+
+    pinned = {name for name, module in tiny.named_modules() if getattr(module, "sdpa_backends", None)}
+    text = {name for name, module in tiny.backbone.language_backbone.named_modules(prefix="backbone.language_backbone")
+            if type(module).__name__ == "EfficientMultiheadAttention"}
+    assert text and pinned == text
+    assert all(getattr(tiny.get_submodule(name), "sdpa_backends") == TEXT_ENCODER_SDPA_BACKENDS for name in pinned)
+    assert pin_text_encoder_kernels(torch.nn.Linear(2, 2)) == 0

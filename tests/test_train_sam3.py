@@ -61,6 +61,7 @@ def test_tiny_sam3_loss_falls_on_a_fixed_batch(clean_sample, tmp_path):
     assert min(losses[-3:]) < 0.8 * losses[0], losses
     summary = result.summary
     assert summary["model_size"] == "tiny" and summary["device"] == "cpu" and 0 < summary["trainable_percent"] < 100
+    assert summary["activation_checkpointing"] is False and summary["frozen_dtype"] == "float32"  # "auto" for tiny
     assert {"loss_ce", "loss_mask", "loss_dice", "loss_bbox"} <= set(result.metrics[0])
     assert result.report is not None and result.report.trainable == summary["trainable_params"]
 
@@ -153,3 +154,32 @@ def test_ddp_two_cpu_processes_hold_identical_adapters(clean_sample, tmp_path):
     import json
 
     assert json.loads((tmp_path / "run" / "run_summary.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("size, given, expected", [
+    ("full", {}, (True, "bfloat16")),
+    ("tiny", {}, (False, "float32")),
+    ("full", {"activation_checkpointing": False, "frozen_dtype": "float32"}, (False, "float32")),
+    ("tiny", {"activation_checkpointing": True, "frozen_dtype": "float16"}, (True, "float16")),
+])
+def test_auto_memory_savers_are_on_for_the_full_model_only(size, given, expected):
+    from sam3_lora_kit.train.trainer import resolve_memory_savers
+
+    config = TrainConfig.from_dict({"dataset_dir": "data", **given})
+    assert resolve_memory_savers(config, size) == expected
+
+
+def test_a_cuda_device_without_an_index_gets_the_current_one(monkeypatch):
+    """``torch.cuda.set_device`` refuses a bare ``cuda`` device; ``--device cuda`` must still train."""
+    from sam3_lora_kit.train import trainer
+    from sam3_lora_kit.train.distributed import DistInfo
+
+    chosen = []
+    monkeypatch.setattr(trainer, "pick_device", lambda preferred: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(torch.device(device)))
+    config = TrainConfig.from_dict({"dataset_dir": "data", "device": "cuda"})
+    single = DistInfo()
+    assert trainer._device_for(config, single) == torch.device("cuda", 3) and chosen == [torch.device("cuda", 3)]
+    ranked = DistInfo(rank=1, world_size=2, local_rank=1)
+    assert trainer._device_for(config, ranked) == torch.device("cuda", 1)

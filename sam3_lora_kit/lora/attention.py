@@ -21,12 +21,14 @@ that only passes gradients on (a frozen detector under a ViT adapter, full fine-
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "BLOCK_BYTES",
@@ -181,13 +183,20 @@ def attention(
     v: torch.Tensor,
     attn_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    backends: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p)``, blockwise where that would
-    hold the full score matrix: on a CPU, with dropout, and scores larger than ``2 * BLOCK_BYTES``."""
+    hold the full score matrix: on a CPU, with dropout, and scores larger than ``2 * BLOCK_BYTES``.
+
+    ``backends``: names of the only ``SDPBackend`` kernels allowed (``"MATH"``, ``"FLASH_ATTENTION"``, ...),
+    entered with ``torch.nn.attention.sdpa_kernel`` for this call alone.
+    """
     scores_bytes = 4 * q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2]
     if dropout_p > 0 and q.device.type == "cpu" and scores_bytes > 2 * BLOCK_BYTES and q.dim() == 4:
         return blockwise_attention(q, k, v, attn_mask, dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    scope = sdpa_kernel([getattr(SDPBackend, name) for name in backends]) if backends else contextlib.nullcontext()
+    with scope:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 # ------------------------------------------------------------------------ nn.MultiheadAttention
@@ -282,7 +291,8 @@ def multihead_attention(
     if is_causal and attn_mask is None:
         raise RuntimeError("is_causal needs attn_mask, as in nn.MultiheadAttention")
     mask = additive_mask(attn_mask, key_padding_mask, batch, heads, tgt_len, src_len, q.dtype)
-    out = attention(q, k, v, attn_mask=mask, dropout_p=mha.dropout if mha.training else 0.0)  # (N, H, L, D)
+    out = attention(q, k, v, attn_mask=mask, dropout_p=mha.dropout if mha.training else 0.0,
+                    backends=getattr(mha, "sdpa_backends", None))  # (N, H, L, D)
     out = mha.out_proj(out.transpose(1, 2).reshape(batch, tgt_len, embed_dim))  # (N, L, E)
     if unbatched:
         return out.squeeze(0)
@@ -298,6 +308,7 @@ class EfficientMultiheadAttention(nn.MultiheadAttention):
     """
 
     forces_no_weights = False  # set per instance for modules converted from sam3's wrapper
+    sdpa_backends: tuple[str, ...] | None = None  # set per instance: names of the only SDPA kernels it may use
     converted_from = "MultiheadAttention"  # the class it was built as (LoRA reports show this name)
 
     def forward(

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sam3_lora_kit.lora.attention import use_efficient_attention
+from sam3_lora_kit.lora.attention import EfficientMultiheadAttention, use_efficient_attention
 from sam3_lora_kit.runtime import pick_device
 from sam3_lora_kit.sam3 import compat
 from sam3_lora_kit.sam3.box_bias import use_factored_box_bias
@@ -220,6 +220,29 @@ def _build_tiny(image_size: int) -> nn.Module:
     )
 
 
+# The SDPA kernels sam3's text encoder runs with: ``VETextEncoder``'s caller enters
+# ``sdpa_kernel`` with these (vl_combiner.py:148), but only around the forward.
+TEXT_ENCODER_SDPA_BACKENDS = ("MATH", "EFFICIENT_ATTENTION", "FLASH_ATTENTION")  # SDPBackend names
+
+
+def pin_text_encoder_kernels(model: torch.nn.Module) -> int:
+    """Give each attention module of the text encoder the kernels sam3 runs it with; returns how many.
+
+    The text encoder checkpoints its blocks. Their recomputation in backward runs outside sam3's
+    ``sdpa_kernel`` scope, so on CUDA it may pick another kernel (cuDNN attention) than the forward
+    did, whose saved tensors differ, and ``torch.utils.checkpoint`` stops the step with a
+    ``CheckpointError`` whenever the text encoder trains. Pinned on the module, forward and
+    recomputation use the same kernels.
+    """
+    language = getattr(getattr(model, "backbone", None), "language_backbone", None)
+    pinned = 0
+    for module in language.modules() if language is not None else ():
+        if isinstance(module, EfficientMultiheadAttention):
+            module.sdpa_backends = TEXT_ENCODER_SDPA_BACKENDS
+            pinned += 1
+    return pinned
+
+
 def build_sam3(
     size: str = "tiny",
     checkpoint: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
@@ -246,6 +269,7 @@ def build_sam3(
     compat.make_geometry_encoder_cpu_safe(model.geometry_encoder)
     use_efficient_attention(model)  # same state dict; on a CPU, attention dropout without (N, H, L, S) scores
     use_factored_box_bias(model)  # same state dict; the decoder's box bias is not kept alive per layer
+    pin_text_encoder_kernels(model)  # checkpoint recomputation must pick the kernels the forward picked
     if checkpoint is None:
         _init_text_encoder(model)
     else:

@@ -22,7 +22,7 @@ __all__ = ["TrainConfig", "ConfigError"]
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_size": ("auto", "tiny", "full"),
     "qkv": ("fused", "split"),
-    "frozen_dtype": ("float32", "bfloat16", "float16"),
+    "frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
 }
 # key: (low, high, low included?, high included?); None: unbounded on that side.
@@ -72,7 +72,7 @@ class TrainConfig:
     alpha: float = 16.0  # LoRA scaling numerator: scaling = alpha / rank
     dropout: float = 0.0  # dropout on the LoRA input
     qkv: str = "fused"  # the ViT's fused qkv as one matrix ("fused") or as q, k, v slices ("split")
-    frozen_dtype: str = "float32"  # storage of the frozen base weights: "bfloat16"/"float16" halve their memory
+    frozen_dtype: str = "auto"  # storage of the frozen base weights: "bfloat16"/"float16" halve their memory; "auto": bfloat16 for the full model, float32 for tiny
     # schedule
     steps: int | None = 200  # optimizer steps; None when epochs is given
     epochs: float | None = None  # passes over the split; replaces steps when given
@@ -87,7 +87,7 @@ class TrainConfig:
     negative_ratio: float = 0.5  # hard-negative (absent category) queries per positive query
     flip_prob: float = 0.5  # probability of a horizontal flip per image
     # machine
-    activation_checkpointing: bool = False  # recompute activations in backward to save memory
+    activation_checkpointing: bool | str = "auto"  # recompute activations in backward to save memory; "auto": on for the full model, off for tiny
     precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU) | "bf16" | "fp16" | "fp32"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     num_workers: int = 0  # data-loading worker processes
@@ -198,6 +198,8 @@ class TrainConfig:
                 else:
                     bound = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
                 raise ConfigError(f"{source}: {key} must be {bound}, got {value!r}")
+        if isinstance(self.activation_checkpointing, str) and self.activation_checkpointing != "auto":
+            raise ConfigError(f"{source}: activation_checkpointing must be true, false or 'auto', got {self.activation_checkpointing!r}")
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError(f"{source}: steps, epochs: give exactly one of them (steps={self.steps!r}, epochs={self.epochs!r})")
         if self.target_modules is not None and not self.target_modules:

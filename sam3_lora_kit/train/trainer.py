@@ -22,7 +22,7 @@ from sam3_lora_kit.train.distributed import DistInfo, init_distributed, shutdown
 from sam3_lora_kit.train.loop import TrainResult, fit
 from sam3_lora_kit.train.sampler import EpochSampler
 
-__all__ = ["train", "as_config", "resolve_model_size", "set_activation_checkpointing", "run_fingerprint", "total_steps_for"]
+__all__ = ["train", "as_config", "resolve_model_size", "resolve_memory_savers", "set_activation_checkpointing", "run_fingerprint", "total_steps_for"]
 
 
 def as_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) -> TrainConfig:
@@ -40,6 +40,15 @@ def resolve_model_size(config: TrainConfig, device: torch.device) -> str:
     if config.model_size != "auto":
         return config.model_size
     return "full" if device.type == "cuda" and config.checkpoint is not None else "tiny"
+
+
+def resolve_memory_savers(config: TrainConfig, model_size: str) -> tuple[bool, str]:
+    """``(activation_checkpointing, frozen_dtype)`` with ``"auto"`` resolved: both memory savers on
+    for the full model (LoRA at 1008 px then fits a 16 GB GPU), off for the tiny one."""
+    full = model_size == "full"
+    checkpointing = full if config.activation_checkpointing == "auto" else bool(config.activation_checkpointing)
+    frozen_dtype = ("bfloat16" if full else "float32") if config.frozen_dtype == "auto" else config.frozen_dtype
+    return checkpointing, frozen_dtype
 
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
@@ -69,7 +78,7 @@ def run_fingerprint(config: TrainConfig, model_size: str, model: nn.Module) -> d
         "rank": config.rank,
         "alpha": config.alpha,
         "qkv": config.qkv,
-        "frozen_dtype": config.frozen_dtype,
+        "frozen_dtype": resolve_memory_savers(config, model_size)[1],
         "architecture": architecture_fingerprint(model),
     }
 
@@ -83,8 +92,8 @@ def total_steps_for(config: TrainConfig, sampler: EpochSampler) -> int:
 
 def _device_for(config: TrainConfig, info: DistInfo) -> torch.device:
     device = pick_device(config.device)
-    if device.type == "cuda" and info.enabled and device.index is None:
-        device = torch.device("cuda", info.local_rank)
+    if device.type == "cuda" and device.index is None:  # set_device needs an index
+        device = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
@@ -143,12 +152,13 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
                             target_modules=config.target_modules, qkv=config.qkv)
         if progress and info.is_main:
             print(report.table())
-    set_activation_checkpointing(model, config.activation_checkpointing)
-    if config.frozen_dtype != "float32":
+    checkpointing, frozen_dtype = resolve_memory_savers(config, model_size)
+    set_activation_checkpointing(model, checkpointing)
+    if frozen_dtype != "float32":
         from sam3_lora_kit.lora import store_frozen_weights, stored_parameter_names
 
         if not stored_parameter_names(model):
-            storage = store_frozen_weights(model, getattr(torch, config.frozen_dtype))
+            storage = store_frozen_weights(model, getattr(torch, frozen_dtype))
             if progress and info.is_main:
                 print(storage.summary())
     image_size = config.image_size or int(getattr(model, "image_size"))
@@ -185,7 +195,8 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
         eval_fn=eval_fn,
         num_workers=config.num_workers,
         summary_fields={"model_size": model_size, "dataset_dir": str(config.dataset_dir), "split": config.split,
-                        "num_images": len(dataset), "image_size": image_size},
+                        "num_images": len(dataset), "image_size": image_size,
+                        "activation_checkpointing": checkpointing, "frozen_dtype": frozen_dtype},
         adapter_metadata={"preset": config.preset, "model_size": model_size, "rank": config.rank, "alpha": config.alpha,
                           "qkv": config.qkv, "target_modules": config.target_modules, "image_size": image_size,
                           "category_names": category_names},
