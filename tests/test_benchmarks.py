@@ -293,3 +293,17 @@ def test_quick_activations(quick_results):
     assert "transformer.decoder" in row["parts"]
     readme = (quick_results / "README.md").read_text(encoding="utf-8")
     assert "activation memory goes" in readme and "| transformer.decoder |" in readme
+
+
+def test_committed_results_readme_is_what_the_code_generates(tmp_path):
+    """``benchmarks/results/README.md`` must come from the JSON files beside it and the report code as it stands."""
+    import shutil
+
+    from benchmarks.report import write_readme
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    for path in results.glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    generated = write_readme(tmp_path).read_text(encoding="utf-8")
+    assert generated == (results / "README.md").read_text(encoding="utf-8"), \
+        "benchmarks/results/README.md is stale: regenerate it with benchmarks.report.write_readme"
