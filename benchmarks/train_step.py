@@ -317,7 +317,8 @@ def memory_model(row: dict) -> dict | None:
     one block recomputed; nothing when no ViT parameter trains) + what the rest of the model saves (forward total minus the ViT part).
     Steady state (after a first step): weights + AdamW + max(activations, gradients), since
     activations are freed while gradients fill. A first step alone: weights + max(activations,
-    gradients + AdamW). Plus the process's runtime (RSS after the build less the weights).
+    gradients + AdamW). Plus the process's runtime (RSS after the build less the weights; none on
+    CUDA, where the measured peak is ``max_memory_allocated``: tensors only).
     """
     if row.get("status") != "ok":
         return None
@@ -637,7 +638,7 @@ def _plot(body: dict, out_dir: Path) -> str | None:
         ax.set_xticks(range(len(rows)), labels, fontsize=6)
     fig.suptitle("LoRA (blue) against full fine-tuning (red)")
     fig.tight_layout()
-    name = f"{NAME}_cuda.png" if any(r["config"]["device"].startswith("cuda") for r in rows) else f"{NAME}.png"
+    name = f"{NAME}_cuda.png" if cuda else f"{NAME}.png"
     fig.savefig(out_dir / name, dpi=100)
     plt.close(fig)
     return name
