@@ -259,8 +259,16 @@ def test_bad_rank_raises(rank):
         LoRALinear(nn.Linear(4, 4), rank, 1)
 
 
+@pytest.fixture
+def small_fused_floor(monkeypatch):
+    """Let the fused path take small test layers (its activation floor is tuned for real layer sizes)."""
+    from sam3_lora_kit.lora import layers
+
+    monkeypatch.setattr(layers, "_MIN_FUSED_ACTIVATIONS", 0)
+
+
 @pytest.mark.parametrize("in_features,out_features,tokens", [(64, 96, 512), (256, 256, 1024), (32, 512, 600)])
-def test_many_token_fused_path_is_as_accurate_as_peft(in_features, out_features, tokens):
+def test_many_token_fused_path_is_as_accurate_as_peft(in_features, out_features, tokens, small_fused_floor):
     """With many tokens the update is folded into the weight; check it against float64 and PEFT."""
     from sam3_lora_kit.lora.layers import _use_fused
 
@@ -314,7 +322,7 @@ FUSED_GRAD_CASES = [
 
 
 @pytest.mark.parametrize("in_features,out_features,rank,bias,prefix", FUSED_GRAD_CASES)
-def test_fused_path_gradients_are_as_accurate_as_peft(in_features, out_features, rank, bias, prefix, num_threads):
+def test_fused_path_gradients_are_as_accurate_as_peft(in_features, out_features, rank, bias, prefix, num_threads, small_fused_floor):
     """Output and all three gradients of the fused path against float64, no worse than PEFT's."""
     from sam3_lora_kit.lora.layers import _use_fused
 
@@ -343,12 +351,18 @@ def test_fused_path_gradients_are_as_accurate_as_peft(in_features, out_features,
         assert mine <= 2e-6
 
 
-@pytest.mark.parametrize("tokens", [1000, 40])  # fused path, in-place path
-def test_output_allows_inplace_ops_views_and_second_backward(tokens):
-    """The fused output is a column slice of a wider buffer: in-place ops, head-splitting views and
-    ``retain_graph`` backward passes must behave as with ``nn.Linear``."""
+@pytest.mark.parametrize("tokens,fused", [(1000, True), (1000, False), (40, False)])
+def test_output_allows_inplace_ops_views_and_second_backward(tokens, fused, monkeypatch):
+    """The fused output is a column slice of a wider buffer, the in-place path's is written through
+    ``out=``: in-place ops, head-splitting views and ``retain_graph`` backward passes must behave as
+    with ``nn.Linear`` on either path."""
+    from sam3_lora_kit.lora import layers
+
+    if fused:
+        monkeypatch.setattr(layers, "_MIN_FUSED_ACTIVATIONS", 0)
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(64, 3 * 32), 4, 8)
+    assert layers._use_fused(torch.empty(2, tokens, 64), layer.base_layer.weight) is fused
     _randomise_b(layer)
     reference = nn.Linear(64, 3 * 32)
     with torch.no_grad():
@@ -383,17 +397,33 @@ def test_frozen_factors_still_pass_input_gradient(tokens):
     assert layer.lora_A.grad is None and layer.lora_B.grad is None
 
 
+@pytest.mark.parametrize("alpha", [1.0, 2.5])
 @pytest.mark.parametrize("tokens,dtype", [(1000, torch.float32), (1029, torch.float64), (300, torch.float32), (1000, torch.bfloat16)])
-def test_thin_product_matches_matmul(tokens, dtype, num_threads):
+def test_thin_product_matches_matmul(tokens, dtype, alpha, num_threads):
     from sam3_lora_kit.lora.layers import _thin_product
 
     torch.manual_seed(0)
     a, b = torch.randn(tokens, 8, dtype=dtype), torch.randn(tokens, 200, dtype=dtype)
-    exact = a.double().t() @ b.double()
-    got = _thin_product(a, b)
+    exact = alpha * (a.double().t() @ b.double())
+    got = _thin_product(a, b, alpha)
     assert got.shape == (8, 200) and got.dtype == dtype
-    plain_error = ((a.t() @ b).double() - exact).abs().max()
+    plain_error = ((alpha * (a.t() @ b)).double() - exact).abs().max()
     assert (got.double() - exact).abs().max() <= 2 * plain_error + 1e-12
+
+
+@pytest.mark.parametrize("in_features,out_features,tokens,dtype,fused", [
+    (1024, 3072, 5184, torch.float32, True),  # ViT qkv at 1008 px
+    (1024, 1024, 400, torch.float32, False),  # below both the weight size and the floor
+    (256, 256, 200, torch.float32, False),  # decoder queries: above the weight size, below the floor
+    (256, 256, 4 * 200, torch.float32, False),
+    (256, 256, 1600, torch.float32, True),
+    (256, 2048, 5184, torch.bfloat16, False),  # half precision never folds the update into the weight
+])
+def test_path_choice_follows_tokens_weight_size_and_dtype(in_features, out_features, tokens, dtype, fused):
+    from sam3_lora_kit.lora.layers import _use_fused
+
+    x = torch.empty(tokens, in_features, dtype=dtype)
+    assert _use_fused(x, torch.empty(out_features, in_features, dtype=dtype)) is fused
 
 
 def test_merged_linear_computes_exactly_the_base():
