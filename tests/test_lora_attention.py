@@ -307,3 +307,31 @@ def test_pinned_kernels_hold_in_the_forward_and_in_checkpoint_recomputation(monk
     out.sum().backward()
     assert seen == [(torch.nn.attention.SDPBackend.MATH,)] * 2  # forward, then the recomputation in backward
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("scores_per_head,contiguous", [(L * L, True), (L * L + 1, False)])
+def test_large_cpu_attention_gets_contiguous_heads(monkeypatch, scores_per_head, contiguous) -> None:
+    """From ``CONTIGUOUS_MIN_SCORES`` scores per head, token-major q, k, v views reach the kernel as
+    heads-first contiguous copies; the result and the gradients are the same either way."""
+    monkeypatch.setattr(attention_module, "CONTIGUOUS_MIN_SCORES", scores_per_head)
+    generator = torch.Generator().manual_seed(0)
+    packed = torch.randn(N, L, 3 * H * D, generator=generator, requires_grad=True)  # a qkv projection's output
+    q, k, v = (t.view(N, L, H, D).transpose(1, 2) for t in packed.chunk(3, dim=-1))  # (N, H, L, D) views
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q_in, k_in, v_in, **kwargs):
+        seen.append(all(t.is_contiguous() for t in (q_in, k_in, v_in)))
+        return original(q_in, k_in, v_in, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
+    out = attention_module.attention(q, k, v)  # self-attention: L * L scores per head
+    assert seen == [contiguous]
+    grad_out = torch.randn(out.shape, generator=generator)
+    (grad_packed,) = torch.autograd.grad(out, packed, grad_out)
+    packed_ref = packed.detach().clone().requires_grad_()
+    q_ref, k_ref, v_ref = (t.view(N, L, H, D).transpose(1, 2) for t in packed_ref.chunk(3, dim=-1))
+    expected = original(q_ref, k_ref, v_ref)
+    expected.backward(grad_out)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad_packed, packed_ref.grad)
