@@ -162,6 +162,16 @@ def test_full_grid_covers_sam3_shapes(in_features, out_features):
     assert ranks == {4, 8, 16, 32, 64} and {1, 4} <= batches
 
 
+@pytest.mark.parametrize("in_features,out_features", lora_layers.FEW_TOKEN_SHAPES)
+def test_full_grid_covers_decoder_query_counts(in_features, out_features):
+    """The decoder's 200 queries run its 256-wide layers on the in-place path: the grid times them."""
+    from sam3_lora_kit.lora.layers import _use_fused
+
+    cases = [(b, r) for i, o, b, r, n in lora_layers.grid(quick=False) if (i, o, n) == (in_features, out_features, 200)]
+    assert sorted(cases) == [(1, 8), (4, 8)]
+    assert not _use_fused(torch.empty(200, in_features), torch.empty(out_features, in_features))
+
+
 @pytest.mark.parametrize("times,expected", [
     ({"base": [1.0, 2.0, 1.0], "lora": [1.1, 2.2, 1.1]}, 1.1),
     ({"base": [1.0, 1.0, 1.0], "lora": [0.5, 5.0, 0.9]}, 0.9),
