@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import statistics
 
 import torch
@@ -107,9 +108,25 @@ def _forward(module: nn.Module, x: torch.Tensor, attention: bool = False):
     return lambda: module(x, x, x, need_weights=False)[0] if attention else module(x)
 
 
+def budget_scale() -> float:
+    """``$BENCH_LAYERS_BUDGET_SCALE`` (default 1): multiplies every full-run timing budget below.
+
+    A GPU session has minutes, not the CPU run's 20: a scale of 0.15 runs the whole grid there
+    with each case's minimum of paired samples.
+    """
+    value = os.environ.get("BENCH_LAYERS_BUDGET_SCALE", "1")
+    try:
+        scale = float(value)
+    except ValueError:
+        raise ValueError(f"BENCH_LAYERS_BUDGET_SCALE must be a number, got {value!r}") from None
+    if not scale >= 0:
+        raise ValueError(f"BENCH_LAYERS_BUDGET_SCALE must be >= 0, got {value!r}")
+    return scale
+
+
 def _budget(settings: Settings, seconds: float) -> float:
     """The timing budget of a full run's case; quick runs take exactly the requested repeats."""
-    return 0.0 if settings.quick else seconds
+    return 0.0 if settings.quick else seconds * budget_scale()
 
 
 def arithmetic_floor(in_features: int, out_features: int, rank: int, tokens: int) -> float:
@@ -267,7 +284,8 @@ def run(settings: Settings, log=print) -> dict:
     return {
         "parameters": {"tokens_per_image": TOKENS, "grid": grid(settings.quick), "merged_tokens": merged_tokens,
                        "mha": {"embed_dim": 256, "heads": 8, "rank": 8, "targets": ["q", "k", "v", "out"]},
-                       "dtype": "float32", "goals": GOALS, "min_sample_s": MIN_SAMPLE_S},
+                       "dtype": "float32", "goals": GOALS, "min_sample_s": MIN_SAMPLE_S,
+                       "budget_scale": 0.0 if settings.quick else budget_scale()},
         "linear": linear, "merged": merged, "mha": mha, "goals": evaluate_goals(linear, merged, mha),
     }
 
@@ -332,9 +350,11 @@ def _spread(summary: dict, name: str, reference: str) -> str:
 
 
 def report(result: dict, out_dir) -> str:
-    """The Markdown section for ``result``; writes ``lora_layers.png`` into ``out_dir``."""
+    """The Markdown section for ``result``; writes ``lora_layers.png`` (``_cuda.png`` for a GPU run) into ``out_dir``."""
     body = result["result"]
-    lines = [f"## {TITLE}", "", f"Ratios are medians over repeats of paired ratios (variants interleaved, same run); "
+    cuda = str(result.get("settings", {}).get("device", "cpu")).startswith("cuda")
+    plot_name = f"{NAME}_cuda.png" if cuda else f"{NAME}.png"
+    lines = [f"## {TITLE}" + (" (GPU)" if cuda else ""), "", f"Ratios are medians over repeats of paired ratios (variants interleaved, same run); "
              f"times are medians in ms per call (each timed sample loops the call for at least "
              f"{body['parameters'].get('min_sample_s', 0) * 1000:.0f} ms); memory is what autograd saves for backward (MiB)."]
     lines += ["", "### Goals", ""]
@@ -383,8 +403,8 @@ def report(result: dict, out_dir) -> str:
     lines.append(markdown_table(["tokens", "base ms", "kit ms", "PEFT ms", "kit/base", "PEFT/base", "kit/PEFT",
                                  "kit/PEFT q1-q3", "pairs", "trainable kit / PEFT", "saved MiB kit / PEFT / base"], rows))
     lines.append("\nThe kit adapts q, k, v with one rank-8 factor pair each; PEFT adapts the packed in_proj with one.")
-    _plot(body, out_dir / "lora_layers.png")
-    lines += ["", "![LoRA layer cost relative to the frozen base](lora_layers.png)"]
+    _plot(body, out_dir / plot_name)
+    lines += ["", f"![LoRA layer cost relative to the frozen base]({plot_name})"]
     return "\n".join(lines)
 
 

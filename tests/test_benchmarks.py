@@ -1,6 +1,7 @@
 """``python -m benchmarks --quick`` runs end to end and writes well-formed results (no timing asserted)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -317,3 +318,27 @@ def test_committed_results_readme_is_what_the_code_generates(tmp_path):
     generated = write_readme(tmp_path).read_text(encoding="utf-8")
     assert generated == (results / "README.md").read_text(encoding="utf-8"), \
         "benchmarks/results/README.md is stale: regenerate it with benchmarks.report.write_readme"
+
+
+def test_layers_budget_scale_shrinks_full_budgets_and_rejects_bad_values(monkeypatch):
+    from benchmarks.common import Settings
+
+    full = Settings(quick=False, device=torch.device("cpu"), threads=1, repeats=5, warmup=1)
+    quick = dataclasses.replace(full, quick=True)
+    monkeypatch.delenv("BENCH_LAYERS_BUDGET_SCALE", raising=False)
+    assert lora_layers._budget(full, 20.0) == 20.0
+    monkeypatch.setenv("BENCH_LAYERS_BUDGET_SCALE", "0.15")
+    assert lora_layers._budget(full, 20.0) == pytest.approx(3.0)
+    assert lora_layers._budget(quick, 20.0) == 0.0  # quick runs keep the requested repeats
+    for bad in ("fast", "-1", "nan"):
+        monkeypatch.setenv("BENCH_LAYERS_BUDGET_SCALE", bad)
+        with pytest.raises(ValueError, match="BENCH_LAYERS_BUDGET_SCALE"):
+            lora_layers._budget(full, 20.0)
+
+
+def test_layers_report_of_a_gpu_run_writes_its_own_plot(tmp_path):
+    committed = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/lora_layers.json").read_text(encoding="utf-8"))
+    committed["settings"]["device"] = "cuda:0"
+    section = lora_layers.report(committed, tmp_path)
+    assert (tmp_path / "lora_layers_cuda.png").is_file() and not (tmp_path / "lora_layers.png").exists()
+    assert "(lora_layers_cuda.png)" in section and section.startswith(f"## {lora_layers.TITLE} (GPU)")
