@@ -133,7 +133,10 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_ledger(runs_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write ``ledger.csv``, ``ledger.md`` and ``ledger.png`` into ``out_dir`` (default ``runs_dir``)."""
-    rows = collect_runs(runs_dir)
+    return _write_ledger(collect_runs(runs_dir), runs_dir, out_dir)
+
+
+def _write_ledger(rows: list[dict], runs_dir: str | Path, out_dir: str | Path | None) -> dict[str, Path]:
     if not rows:
         raise ValueError(f"{runs_dir}: no {SUMMARY_FILE} found under this folder")
     out = Path(out_dir) if out_dir is not None else Path(runs_dir)
@@ -149,8 +152,8 @@ def write_ledger(runs_dir: str | Path, out_dir: str | Path | None = None) -> dic
 
 
 def _handle(args: argparse.Namespace) -> int:
-    paths = write_ledger(args.runs_dir, args.out)
-    rows = collect_runs(args.runs_dir)
+    rows = collect_runs(args.runs_dir)  # once: it warns about every summary it skips
+    paths = _write_ledger(rows, args.runs_dir, args.out)
     print(paths["markdown"].read_text(encoding="utf-8"), end="")
     print(f"{len(rows)} runs; wrote {paths['csv']}, {paths['markdown']}, {paths['plot']}")
     return 0

@@ -33,3 +33,178 @@ def test_missing_image_is_reported_not_fatal(tmp_path):
     src = write_coco_export(tmp_path / "export")
     report = convert_roboflow(src, tmp_path / "out")
     assert report.quirk_counts()["missing_image"] == 1
+
+
+def _zip_folder(folder, archive, rename=lambda name: name):
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, rename(path.relative_to(folder).as_posix()))
+    return archive
+
+
+def test_errors_inside_a_zip_name_the_file_in_the_zip(tmp_path, capsys):
+    from sam3_lora_kit.cli import main
+
+    src = write_coco_export(tmp_path / "export")
+    (src / "train" / "_annotations.coco.json").write_text('{"images": [')
+    archive = _zip_folder(src, tmp_path / "bad.zip")
+    with pytest.raises(DataError) as caught:
+        convert_roboflow(archive, tmp_path / "out")
+    assert caught.value.path == f"{archive}!train/_annotations.coco.json"
+    assert "partial" not in str(caught.value) and "not valid JSON" in str(caught.value)
+    assert main(["inspect", str(archive)]) != 0
+    report = capsys.readouterr().out
+    assert f"{archive}!train/_annotations.coco.json" in report and "sam3-lora-inspect-" not in report
+
+
+def test_quirk_examples_from_a_zip_name_the_zip(tmp_path):
+    src = write_coco_export(tmp_path / "export")  # its train/ lists an image that is not there
+    report = convert_roboflow(_zip_folder(src, tmp_path / "ok.zip"), tmp_path / "out")
+    examples = [e for q in report.quirks for e in q.examples]
+    assert any(e.startswith(f"{tmp_path / 'ok.zip'}!train/") for e in examples), examples
+    assert not any("partial" in e for e in examples), examples
+
+
+def test_zip_written_on_windows_has_folders_not_backslash_names(tmp_path):
+    src = write_yolo_export(tmp_path / "export")
+    archive = _zip_folder(src, tmp_path / "win.zip", rename=lambda name: name.replace("/", "\\"))
+    expected = convert_roboflow(src, tmp_path / "from_folder")
+    report = convert_roboflow(archive, tmp_path / "from_zip")
+    assert {s: st.to_dict() for s, st in report.splits.items()} == {s: st.to_dict() for s, st in expected.splits.items()}
+    assert report.total("images_out") > 0
+
+
+def test_the_kits_linked_output_is_readable_again(tmp_path, capsys):
+    from sam3_lora_kit.cli import main
+    from sam3_lora_kit.data import CocoSegmentationDataset
+
+    src = write_yolo_export(tmp_path / "export")
+    linked = tmp_path / "linked"
+    first = convert_roboflow(src, linked, link=True)
+    assert any(p.is_symlink() for p in (linked / "train").iterdir())
+    assert main(["inspect", str(linked)]) == 0, capsys.readouterr()
+    again = convert_roboflow(linked, tmp_path / "again")
+    assert again.total("instances_out") == first.total("instances_out") > 0
+    assert len(CocoSegmentationDataset(tmp_path / "again", "train")) == first.splits["train"].images_out
+
+
+def test_an_exports_own_link_outside_is_still_refused_next_to_a_kit_written_name(tmp_path):
+    """Only a COCO file the converter wrote lets image links leave the folder; a look-alike file name is not enough."""
+    import os
+
+    src = write_coco_export(tmp_path / "export")
+    outside = tmp_path / "secret.jpg"
+    (src / "train" / "a.jpg").rename(outside)
+    os.symlink(outside, src / "train" / "a.jpg")
+    with pytest.raises(DataError, match="pointing outside the export"):
+        convert_roboflow(src, tmp_path / "out")
+
+
+def test_output_under_a_file_names_that_file(tmp_path):
+    src = write_voc_export(tmp_path / "export")
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(DataError) as caught:
+        convert_roboflow(src, tmp_path / "afile" / "out")
+    assert caught.value.path == str(tmp_path / "afile") and "is a file" in caught.value.problem
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def _no_leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name)
+
+
+def test_overwrite_that_cannot_move_the_old_output_leaves_it_as_it_was(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    src = write_voc_export(tmp_path / "export")
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    real_rename = Path.rename
+
+    def refuse_moving_dst(self, target):
+        if self == dst:
+            raise PermissionError(1, "Operation not permitted")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_moving_dst)
+    with pytest.raises(DataError, match="cannot be replaced .*left as it was"):
+        convert_roboflow(src, dst, overwrite=True)
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"] and not _no_leftovers(tmp_path)
+
+
+def test_overwrite_that_cannot_place_the_new_output_puts_the_old_one_back(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    src = write_voc_export(tmp_path / "export")
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    real_rename = Path.rename
+
+    def refuse_placing_new(self, target):
+        if Path(target) == dst and self.name == "out" and ".partial-" in self.parent.name:
+            raise OSError(5, "Input/output error")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_placing_new)
+    with pytest.raises(DataError, match="cannot be replaced"):
+        convert_roboflow(src, dst, overwrite=True)
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"] and not _no_leftovers(tmp_path)
+
+
+def test_overwrite_whose_old_output_cannot_be_deleted_succeeds_and_says_where_it_is(tmp_path, monkeypatch):
+    import shutil
+
+    from sam3_lora_kit.data import convert as convert_module
+
+    src = write_voc_export(tmp_path / "export")
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    real_rmtree = shutil.rmtree
+
+    def refuse_old(path, *args, **kwargs):
+        if ".old-" in str(path):
+            raise PermissionError(1, "Operation not permitted")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module.shutil, "rmtree", refuse_old)
+    report = convert_roboflow(src, dst, overwrite=True)
+    assert (dst / "train" / "_annotations.coco.json").is_file() and not (dst / "keep.txt").exists()
+    left = [q for q in report.quirks if q.code == "old_output_left"]
+    assert left and (tmp_path / left[0].examples[0].split("/")[-1] / "dst" / "keep.txt").read_text() == "mine"
+
+
+def test_sigterm_during_convert_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from sam3_lora_kit.cli import main
+    from sam3_lora_kit.data import convert as convert_module
+
+    src = write_yolo_export(tmp_path / "export")
+    real_iter = convert_module.iter_split
+
+    def terminated_midway(*args, **kwargs):
+        for number, item in enumerate(real_iter(*args, **kwargs)):
+            if number == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    monkeypatch.setattr(convert_module, "iter_split", terminated_midway)
+
+    def survive(signum, frame):  # in place of the kit's handler, should it be missing: pytest lives on
+        pass
+
+    pytest_handler = signal.signal(signal.SIGTERM, survive)
+    try:
+        status = main(["convert", str(src), str(tmp_path / "out")])
+        assert signal.getsignal(signal.SIGTERM) is survive  # the kit's handler lasts only while main runs
+    finally:
+        signal.signal(signal.SIGTERM, pytest_handler)
+    assert status == 143 and "terminated" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not _no_leftovers(tmp_path)

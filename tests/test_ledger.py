@@ -77,3 +77,11 @@ def test_errors_are_one_line(tmp_path, make, capsys):
 def test_default_out_is_runs_dir(runs_dir):
     paths = write_ledger(runs_dir)
     assert all(path.parent == runs_dir and path.is_file() for path in paths.values())
+
+
+def test_cli_warns_once_per_skipped_summary(runs_dir, tmp_path, capsys):
+    bad = runs_dir / "broken" / "run_summary.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json", encoding="utf-8")
+    assert main(["ledger", str(runs_dir), "--out", str(tmp_path / "ledger")]) == 0
+    assert capsys.readouterr().err.count(str(bad)) == 1

@@ -134,6 +134,28 @@ def zip_symlink(zf: zipfile.ZipFile) -> None:
     zf.writestr(info, "/etc/passwd")
 
 
+def train_without_usable_image(tmp: Path) -> tuple[Setup, str]:
+    """valid/ is the good split; train/ lists only an image that is not there."""
+    setup, _ = coco_with(tmp)
+    (setup.source / "train").rename(setup.source / "valid")
+    (setup.source / "train").mkdir()
+    bad = coco_doc([{**GOOD_IMAGE, "file_name": "gone.jpg"}], [GOOD_ANN])
+    (setup.source / "train" / "_annotations.coco.json").write_text(json.dumps(bad))
+    return setup, "train/: 1 images listed, none usable"
+
+
+def masks_with(tmp: Path, mask_size: tuple[int, int] = (64, 48), classes: str = "Pixel Value, Class\n0, background\n1, cat\n"
+               ) -> tuple[Setup, str]:
+    """A one-image semantic-mask export (image 64x48) with a mask of ``mask_size`` and ``classes``."""
+    from PIL import Image
+
+    root = tmp / "export"
+    write_image(root / "train" / "a.jpg", 64, 48)
+    Image.new("L", mask_size, 1).save(root / "train" / "a_mask.png")
+    (root / "train" / "_classes.csv").write_text(classes)
+    return convert(tmp, root, "a_mask.png" if mask_size != (64, 48) else "_classes.csv")
+
+
 def split_only(tmp: Path, split: str) -> tuple[Setup, str]:
     setup, _ = coco_with(tmp)
     (setup.source / "train").rename(setup.source / split)
@@ -289,6 +311,27 @@ CASES: dict[str, Case] = {
                               "negative size", D),
     "rle wrong size": Case(lambda t: coco_with(t, ann={"segmentation": {"size": [10, 10], "counts": [100]}}),
                            "does not match the image", D),
+    "rle text counts too short": Case(lambda t: coco_with(t, ann={"segmentation": {"size": [48, 64], "counts": "01"},
+                                                                  "iscrowd": 1}),
+                                      "RLE counts cover 1 pixels, not height*width = 3072", D),
+    "rle text counts too long": Case(lambda t: coco_with(t, ann={"segmentation": {"size": [48, 64], "counts": "PT18"},
+                                                                 "iscrowd": 1}),
+                                     "not height*width = 3072", D),
+    "rle text counts not coco text": Case(lambda t: coco_with(t, ann={"segmentation": {"size": [48, 64], "counts": "\u00e9"},
+                                                                      "iscrowd": 1}),
+                                          "outside COCO's alphabet", D),
+    "bbox not a list": Case(lambda t: coco_with(t, ann={"segmentation": [], "bbox": 5}),
+                            "bbox must be [x, y, width, height]", D),
+    "coordinate beyond float range": Case(lambda t: coco_with(t, ann={"segmentation": [[1, 1, 10 ** 400, 1, 6, 6]]}),
+                                          "too large for a float", D),
+    "duplicate category id": Case(lambda t: coco_with(t, doc=coco_doc([GOOD_IMAGE], [GOOD_ANN], [
+        {"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}])), "category id 1 is used twice, for 'cat' and 'dog'", D),
+    "train split without a usable image": Case(train_without_usable_image, "no usable image: nothing to train on", D),
+    # semantic masks
+    "mask size differs from its image": Case(lambda t: masks_with(t, mask_size=(32, 24)),
+                                             "mask is 32x24 but its image a.jpg is 64x48", D),
+    "mask class without a name": Case(lambda t: masks_with(t, classes="Pixel Value, Class\n0, background\n1, \n"),
+                                      "pixel value 1 has an empty class name", D),
     # image files
     "image missing": Case(lambda t: coco_with(t, more_images=[{**GOOD_IMAGE, "id": 1, "file_name": "gone.jpg"}]),
                           "image listed but missing on disk (an error in strict mode", D,
@@ -317,6 +360,8 @@ CASES: dict[str, Case] = {
                                      flags=("--strict",), reported="orphan_label"),
     "data.yaml not yaml": Case(lambda t: yolo_with(t, yaml="names: [fish\n  : -\n"), "not valid YAML", D),
     "data.yaml without names": Case(lambda t: yolo_with(t, yaml="nc: 1\n"), "no class 'names'", D),
+    "data.yaml null name": Case(lambda t: yolo_with(t, yaml="names: [null]\n"), "class 0 in 'names' must be a non-empty name", D),
+    "data.yaml list as a name": Case(lambda t: yolo_with(t, yaml="names: [[a, b]]\n"), "must be a non-empty name", D),
     # VOC
     "voc not xml": Case(lambda t: voc_with(t, "<annotation><size>"), "not valid XML", D),
     "voc without size": Case(lambda t: voc_with(t, VOC_OK.replace("<size>", "<sizes>").replace("</size>", "</sizes>")),

@@ -28,7 +28,7 @@ def clean_annotation(raw: RawAnnotation, width: int, height: int, declared: tupl
     """A COCO annotation dict (without ids) or None when nothing of the mask is left."""
     seg = raw.segmentation
     if raw.bbox is not None:
-        box = check_box(list(raw.bbox), width, height, raw.where, quirks)
+        box = check_box(raw.bbox, width, height, raw.where, quirks)
     else:
         box = None
     if isinstance(seg, dict):

@@ -5,6 +5,7 @@ temporary folder next to DST and renamed into place at the end; SRC is only read
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -31,18 +32,37 @@ def export_root(folder: Path) -> Path:
     return folder
 
 
+def extracted_folder(scratch: Path) -> Path:
+    """Where ``opened_export`` extracts a .zip inside ``scratch``."""
+    return scratch / "source"
+
+
+def archive_path_text(text: str, scratch: Path, archive: Path) -> str:
+    """``text`` with paths inside the extracted copy of ``archive`` written as ``archive!inner/path``."""
+    extracted = str(extracted_folder(scratch))
+    return text.replace(extracted + os.sep, f"{archive}!").replace(extracted, f"{archive}!")
+
+
 @contextmanager
 def opened_export(src: Path, scratch: Path) -> Iterator[Path]:
-    """The export folder to read: ``src`` itself, or a .zip safely extracted into ``scratch``."""
+    """The export folder to read: ``src`` itself, or a .zip safely extracted into ``scratch``.
+
+    A ``DataError`` raised while reading an extracted zip names the file inside the zip
+    (``export.zip!train/_annotations.coco.json``), not the temporary copy.
+    """
     if not src.exists():
         raise DataError(src, "does not exist")
     if src.is_file():
         if src.suffix.lower() != ".zip":
             raise DataError(src, "expected an export folder or a .zip file")
-        target = scratch / "source"
+        target = extracted_folder(scratch)
         target.mkdir()
         safe_extract_zip(src, target)
-        yield export_root(target)
+        try:
+            yield export_root(target)
+        except DataError as error:
+            raise DataError(archive_path_text(error.path, scratch, src),
+                            archive_path_text(error.problem, scratch, src)) from None
         return
     check_no_escaping_links(src)
     yield export_root(src)
@@ -58,15 +78,36 @@ def _check_targets(src: Path, dst: Path, overwrite: bool) -> None:
         raise DataError(dst, "exists and is not empty (use overwrite=True or --overwrite)")
 
 
-def _replace(tmp_out: Path, dst: Path) -> None:
-    """Move the finished output into place; an existing DST is swapped out, then removed."""
-    old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+def _replace(tmp_out: Path, dst: Path) -> Path | None:
+    """Move the finished output into place; an existing DST is swapped out, then removed.
+
+    If the swap fails, DST is left as it was and ``DataError`` names it. Returns the folder
+    still holding the old DST when the new output is in place but the old one could not be
+    deleted (the caller reports it), else None.
+    """
+    if not dst.exists():
+        try:
+            tmp_out.rename(dst)
+        except OSError as error:
+            raise DataError(dst, f"cannot be written ({error.strerror})") from None
+        return None
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    try:
         dst.rename(old / "dst")
-    tmp_out.rename(dst)
-    if old is not None:
+    except OSError as error:
+        old.rmdir()
+        raise DataError(dst, f"cannot be replaced ({error.strerror}); it was left as it was") from None
+    try:
+        tmp_out.rename(dst)
+    except OSError as error:
+        (old / "dst").rename(dst)  # put the old output back
+        old.rmdir()
+        raise DataError(dst, f"cannot be replaced ({error.strerror}); it was left as it was") from None
+    try:
         shutil.rmtree(old)
+    except OSError:
+        return old
+    return None
 
 
 def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", link: bool = False,
@@ -85,7 +126,13 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
     if not src.exists():
         raise DataError(src, "does not exist")
     _check_targets(src, dst, overwrite)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in reversed(dst.parents) if p.exists() and not p.is_dir()), dst.parent)
+        raise DataError(blocker, f"is a file, so the output folder {dst} cannot be made there") from None
+    except OSError as error:
+        raise DataError(dst.parent, f"cannot be made ({error.strerror})") from None
     scratch = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
         with opened_export(src, scratch) as root:
@@ -113,13 +160,18 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
                         writer.add(source, image)
                     writer.finish()
             before = {}
-            finish_report(report, quirks)
+            if src.is_file():
+                quirks.relabel(lambda text: archive_path_text(text, scratch, src))
+            finish_report(report, quirks, require_train)
             if strict:
                 check_strict(quirks, before)
             if report.fatal:
                 worst = report.quirks[0]
                 raise DataError(worst.examples[0] if worst.examples else src, worst.message)
-            _replace(out, dst)
+            left_over = _replace(out, dst)
+            if left_over is not None:
+                quirks.add("old_output_left", str(left_over))
+                report.quirks = quirks.sorted()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report.seconds = time.perf_counter() - started

@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sam3_lora_kit.data.convert import opened_export
+from sam3_lora_kit.data.convert import archive_path_text, opened_export
 from sam3_lora_kit.data.errors import DataError
 from sam3_lora_kit.data.paths import SPLIT_NAMES
 from sam3_lora_kit.data.pipeline import SplitTracker, finish_report, iter_split
@@ -52,6 +52,8 @@ def inspect_dataset(path: str | Path, format: str = "auto") -> DatasetReport:
         quirks.add("unreadable", str(error))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if path.is_file():
+        quirks.relabel(lambda text: archive_path_text(text, scratch, path))
     finish_report(report, quirks)
     report.seconds = time.perf_counter() - started
     return report

@@ -11,6 +11,20 @@ from sam3_lora_kit.data.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "valid", "test")
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
+KIT_DESCRIPTION = "converted by sam3-lora-kit"  # the ``info`` of every COCO file the converter writes
+_KIT_COCO_START = b'{"info":{"description":"' + KIT_DESCRIPTION.encode("ascii") + b'"'
+
+
+def written_by_kit(folder: Path) -> bool:
+    """True when ``folder/_annotations.coco.json`` was written by the kit's converter.
+
+    Its images may then be links to anywhere (``convert --link``); an export's may not.
+    """
+    try:
+        with open(folder / "_annotations.coco.json", "rb") as file:
+            return file.read(len(_KIT_COCO_START)) == _KIT_COCO_START
+    except OSError:
+        return False
 
 
 def is_inside(path: Path, root: Path) -> bool:
@@ -85,6 +99,8 @@ def safe_join(root: Path, name: str, where: str | Path, allow_link: bool = False
 def check_no_escaping_links(root: Path) -> None:
     """Raise if any link under ``root`` points outside it (checked before reading an export).
 
+    Exception: links to files in a split folder the kit's converter wrote (``convert --link``).
+
     Visits entries in ``os.walk``'s order (top down; in each folder its subfolders, then its
     files; links to folders not followed), reading each folder once with ``os.scandir``.
     """
@@ -97,9 +113,13 @@ def check_no_escaping_links(root: Path) -> None:
         except OSError:
             continue  # unreadable: skipped, as os.walk does
         folders = [e for e in entries if _is_dir(e)]
+        file_links_allowed = None  # whether this folder's file links may leave the export: read when needed
         for entry in folders + [e for e in entries if not _is_dir(e)]:
             if entry.is_symlink() and not is_inside(Path(entry.path), root):
-                raise DataError(Path(entry.path), f"link pointing outside the export ({os.readlink(entry.path)})")
+                if file_links_allowed is None:
+                    file_links_allowed = written_by_kit(Path(folder))
+                if not (file_links_allowed and not _is_dir(entry)):
+                    raise DataError(Path(entry.path), f"link pointing outside the export ({os.readlink(entry.path)})")
         pending.extend(e.path for e in reversed(folders) if not e.is_symlink())
 
 
@@ -125,6 +145,7 @@ def safe_extract_zip(archive: Path, target: Path) -> None:
                 if mode == 0o120000:
                     raise DataError(archive, f"entry {name!r} is a symbolic link (refused)")
             for info in members:
+                info.filename = info.filename.replace("\\", "/")  # a zip written on Windows: folders, not names
                 zf.extract(info, target)
     except zipfile.BadZipFile as error:
         raise DataError(archive, f"not a valid zip file ({error})") from None

@@ -95,8 +95,11 @@ def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTrac
         yield raw.path, image
 
 
-def finish_report(report: DatasetReport, quirks: QuirkLog) -> None:
-    """Add the dataset-wide quirks (class usage, prompt names) and copy the quirks into ``report``."""
+def finish_report(report: DatasetReport, quirks: QuirkLog, require_train: bool = True) -> None:
+    """Add the dataset-wide quirks (class usage, prompt names) and copy the quirks into ``report``.
+
+    ``require_train``: a train split left without images (all missing or dropped) is fatal.
+    """
     used_in = {name: [s for s, st in report.splits.items() if st.per_class.get(name)] for name in report.categories}
     for name, splits in used_in.items():
         if not splits:
@@ -108,4 +111,6 @@ def finish_report(report: DatasetReport, quirks: QuirkLog) -> None:
             quirks.add("poor_prompt_name", f"{name!r}: {reason}")
     if report.total("images_out") == 0:
         quirks.add("no_images", report.src)
+    elif require_train and "train" in report.splits and report.splits["train"].images_out == 0:
+        quirks.add("empty_train_split", f"{report.src} (train/: {report.splits['train'].images_in} images listed, none usable)")
     report.quirks = quirks.sorted()

@@ -9,6 +9,7 @@ Each quirk code has a severity:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 # code -> (severity, what it means and what the kit did)
 QUIRK_KINDS: dict[str, tuple[str, str]] = {
@@ -35,12 +36,14 @@ QUIRK_KINDS: dict[str, tuple[str, str]] = {
     "background_class": ("info", "mask class treated as background (no instances)"),
     "missing_split": ("info", "split not present in the export"),
     "linked_as_copy": ("info", "images from a .zip are copied, not linked"),
+    "old_output_left": ("info", "the output was replaced, but the old one could not be deleted: delete this folder"),
     "poor_prompt_name": ("info", "class name makes a poor SAM 3 text prompt; consider renaming"),
     "shared_between_splits": ("info", "identical image file in more than one split (leakage between splits)"),
     "same_source_between_splits": ("info", "augmented copies of one source image in more than one split"),
     "unreadable": ("fatal", "file cannot be read"),
     "no_images": ("fatal", "no images found"),
     "no_train_split": ("fatal", "no train/ split: nothing to train on"),
+    "empty_train_split": ("fatal", "train/ split has no usable image: nothing to train on"),
 }
 SEVERITIES = ("info", "fixed", "dropped", "fatal")
 MAX_EXAMPLES = 3
@@ -74,6 +77,11 @@ class QuirkLog:
         quirk.count += count
         if example and len(quirk.examples) < MAX_EXAMPLES and example not in quirk.examples:
             quirk.examples.append(example)
+
+    def relabel(self, rename: Callable[[str], str]) -> None:
+        """Rewrite every example with ``rename`` (a temporary folder's path -> what the user gave)."""
+        for quirk in self.quirks.values():
+            quirk.examples = [rename(example) for example in quirk.examples]
 
     def count(self, code: str) -> int:
         return self.quirks[code].count if code in self.quirks else 0

@@ -19,6 +19,7 @@ from types import TracebackType
 
 from sam3_lora_kit.data.clean import CleanImage
 from sam3_lora_kit.data.errors import DataError
+from sam3_lora_kit.data.paths import KIT_DESCRIPTION
 
 ANNOTATION_FILE = "_annotations.coco.json"
 QUEUED_IMAGES = 16  # images handed to the placing thread and not yet on disk (about)
@@ -168,7 +169,7 @@ class SplitWriter:
         categories = [{"id": k, "name": name, "supercategory": "object"} for name, k in self.category_ids.items()]
         path = self.folder / ANNOTATION_FILE
         with open(path, "wb") as out:
-            out.write(b'{"info":' + _dumps({"description": "converted by sam3-lora-kit"}) + b',"images":[')
+            out.write(b'{"info":' + _dumps({"description": KIT_DESCRIPTION}) + b',"images":[')
             _copy_part(self._images, out)
             out.write(b'],"annotations":[')
             _copy_part(self._annotations, out)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.paths import SPLIT_NAMES, find_split_dir, safe_join
+from sam3_lora_kit.data.paths import SPLIT_NAMES, find_split_dir, safe_join, written_by_kit
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
 
@@ -78,11 +78,14 @@ class CocoReader:
             path, _, _, annotations, categories = self._load(split)
             used = {a.get("category_id") for a in annotations}
             ids_by_name: dict[str, set] = {}
+            name_by_id: dict[int, str] = {}
             for category in categories:
                 cid = _int_field(category, "id", path, "category")
                 name = category.get("name")
                 if not isinstance(name, str) or not name:
                     raise DataError(path, f"category {cid} has no name")
+                if name_by_id.setdefault(cid, name) != name:
+                    raise DataError(path, f"category id {cid} is used twice, for {name_by_id[cid]!r} and {name!r}")
                 ids_by_name.setdefault(name, set()).add(cid)
                 if _is_phantom(category):
                     phantom[name] = phantom.get(name, False) or cid in used
@@ -102,6 +105,7 @@ class CocoReader:
     def iter_images(self, split: str) -> Iterator[RawImage]:
         path, _, images, annotations, categories = self._load(split)
         folder = path.parent
+        links_allowed = written_by_kit(folder)  # the kit's own `convert --link` output
         names = {_int_field(c, "id", path, "category"): c.get("name") for c in categories}
         by_image: dict[int, list[dict]] = {}
         seen_ann: set[int] = set()
@@ -124,7 +128,7 @@ class CocoReader:
             iid = image["id"]
             file_name = image.get("file_name")
             where = f"{path} (image {iid})"
-            file_path = safe_join(folder, file_name, path) if isinstance(file_name, str) else None
+            file_path = safe_join(folder, file_name, path, links_allowed) if isinstance(file_name, str) else None
             if file_path is None:
                 raise DataError(path, f"image {iid} has no 'file_name'")
             width, height = image.get("width"), image.get("height")

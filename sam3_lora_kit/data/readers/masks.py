@@ -40,7 +40,10 @@ def read_classes_csv(path: Path) -> dict[int, str]:
             if number == 1:
                 continue  # header row
             raise DataError(f"{path}:{number}", f"pixel value {row[0]!r} is not an integer") from None
-        classes[value] = row[1].strip()
+        name = row[1].strip()
+        if not name:
+            raise DataError(f"{path}:{number}", f"pixel value {value} has an empty class name")
+        classes[value] = name
     return classes
 
 
@@ -99,13 +102,18 @@ class MaskReader:
             if mask_path.is_file():
                 from pycocotools import mask as mask_utils
 
-                from sam3_lora_kit.data.images import check_image
+                from sam3_lora_kit.data.images import check_image, read_image
 
                 check_image(mask_path)
                 with Image.open(mask_path) as image:
                     if image.mode not in ("L", "P", "I", "I;16"):
                         raise DataError(mask_path, f"mask must be single-channel, got mode {image.mode}")
                     mask = np.asarray(image)  # (H, W) class values
+                if path.is_file():  # a missing image is reported when the image is cleaned
+                    record.checked = read_image(path)  # read once: clean_image takes it from here
+                    if (record.checked.width, record.checked.height) != (mask.shape[1], mask.shape[0]):
+                        raise DataError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {path.name} "
+                                        f"is {record.checked.width}x{record.checked.height}")
                 record.height, record.width = mask.shape  # RLE sizes must match the image
                 for name, component in mask_instances(mask, classes, str(mask_path)):
                     rle = mask_utils.encode(np.asfortranarray(component.astype(np.uint8)))

@@ -50,6 +50,9 @@ def class_names(doc: dict, path: Path, quirks: QuirkLog) -> list[str]:
         names = [names[k] if k in names else names[str(k)] for k in keys]
     if not isinstance(names, list) or not names:
         raise DataError(path, "no class 'names' (expected a list or a mapping)")
+    for index, name in enumerate(names):
+        if isinstance(name, bool) or not isinstance(name, (str, int, float)) or not str(name).strip():
+            raise DataError(path, f"class {index} in 'names' must be a non-empty name, got {name!r}")
     names = [str(n) for n in names]
     if len(set(names)) != len(names):
         raise DataError(path, "duplicate class names in 'names'")
