@@ -209,3 +209,85 @@ def test_save_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
         save_adapter(model, path)
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+def test_trainable_attention_keeps_its_in_projection_gradient():
+    """``trainable_modules`` over an adapted attention: its packed in-projection trains like plain autograd's."""
+    model = _toy()
+    inject_lora(model, ["self_attn"], rank=2, alpha=4, trainable_modules=["encoder.layers.0"])
+    _randomise_b(model)
+    reference = copy.deepcopy(model)
+    merge_lora(reference)  # the same function through PyTorch's own attention
+    reference.requires_grad_(True)
+    x = torch.randn(2, 5, 8)
+    model(x).pow(2).sum().backward()
+    reference(x).pow(2).sum().backward()
+    attention = model.encoder.layers[0].self_attn.base_layer
+    expected = reference.encoder.layers[0].self_attn.base_layer
+    for name in ("in_proj_weight", "in_proj_bias"):
+        grad = getattr(attention, name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+        assert torch.allclose(grad, getattr(expected, name).grad, atol=1e-5), name
+
+
+def test_loading_into_a_merged_model_is_refused(tmp_path):
+    model = _toy()
+    inject_lora(model, ["linear1"], rank=2, alpha=4)
+    _randomise_b(model)
+    path = save_adapter(model, tmp_path / "adapter.safetensors")
+    merge_lora(model)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AdapterError, match="is merged .*unmerge_lora"):
+        load_adapter(model, path)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    unmerge_lora(model)
+    load_adapter(model, path)  # unmerged, it loads
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda meta: meta.pop("rank"), "lacks 'rank'"),
+    (lambda meta: meta.update(layers="{not json"), "'layers' is not valid JSON"),
+    (lambda meta: meta.update(layers="[1, 2]"), "'layers' must map layer names"),
+])
+def test_damaged_adapter_metadata_is_an_adapter_error(tmp_path, damage, message):
+    from safetensors.torch import load_file, save_file
+
+    model = _toy()
+    inject_lora(model, ["linear1"], rank=2, alpha=4)
+    path = save_adapter(model, tmp_path / "adapter.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    damage(meta)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(AdapterError, match=message):
+        load_adapter(model, path)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: inject_lora(m, ["linear1", "linear2"], rank=2, alpha=4, layer_options={"linear2": {"out_splits": (2, 2)}}),
+    lambda m: inject_lora(m, ["self_attn", "linear1"], rank=2, alpha=4, layer_options={"linear1": {"out_splits": (2, 2)}}),
+    lambda m: inject_lora(m, ["linear1"], rank=0, alpha=4),
+    lambda m: inject_lora(m, ["linear1"], rank=2, alpha=4, trainable_modules=["no_such_module"]),
+])
+def test_a_failed_injection_leaves_the_model_as_it_was(call):
+    model = _toy()
+    model.head.requires_grad_(False)  # a flag that is not the default, to see it kept
+    modules_before = {name: type(module) for name, module in model.named_modules()}
+    flags_before = {name: p.requires_grad for name, p in model.named_parameters()}
+    x = torch.randn(2, 5, 8)
+    out_before = model(x)
+    with pytest.raises(ValueError):
+        call(model)
+    assert {name: type(module) for name, module in model.named_modules()} == modules_before
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags_before
+    assert torch.equal(model(x), out_before)
+
+
+def test_a_second_injection_never_wraps_a_wrapper():
+    model = _toy()
+    inject_lora(model, ["linear1"], rank=2, alpha=4)
+    report = inject_lora(model, [r"encoder\.layers\.0\..*"], rank=2, alpha=4)  # would also match linear1.base_layer
+    assert {row["name"] for row in report.layers} == {"encoder.layers.0.self_attn", "encoder.layers.0.linear2"}
+    assert not any(isinstance(m, LoRALinear) for n, m in model.named_modules() if n.endswith("base_layer"))
+    with pytest.raises(ValueError, match="already carry LoRA"):
+        inject_lora(model, ["linear1"], rank=2, alpha=4)

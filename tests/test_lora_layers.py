@@ -446,3 +446,37 @@ def test_merged_mha_computes_exactly_the_base(training):
     wrapper.train(training), reference.train(training)
     x = torch.randn(2, 9, 32)
     assert torch.equal(wrapper(x, x, x, need_weights=False)[0], reference(x, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("pattern", ["q=k!=v", "cross"])
+def test_lora_dropout_applies_when_query_key_value_differ(pattern):
+    """SAM 3 calls self-attention with q = k = tgt + pos and v = tgt: LoRA dropout must act there too."""
+    torch.manual_seed(0)
+    layer = LoRAMultiheadAttention(nn.MultiheadAttention(16, 4, batch_first=True), 4, 8, dropout=0.5, targets=("q", "k", "v"))
+    _randomise_b(layer, std=0.5)
+    tgt, pos, memory = torch.randn(3, 2, 6, 16).unbind(0)
+    query = tgt + pos
+    key, value = (query, tgt) if pattern == "q=k!=v" else (memory, memory)
+    layer.train()
+    draws = [layer(query, key, value, need_weights=False)[0] for _ in range(3)]
+    layer.eval()
+    clean = layer(query, key, value, need_weights=False)[0]
+    assert not torch.allclose(draws[0], draws[1]) and not torch.allclose(draws[0], clean)
+    layer.train()
+    layer.lora_dropout.p = 0.0  # dropout that drops nothing: the eval result
+    assert torch.allclose(layer(query, key, value, need_weights=False)[0], clean, atol=1e-6)
+    draws[0].sum().backward()
+    assert layer.lora_A.grad is not None and layer.lora_A.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("tokens", [1000, 40])
+def test_second_derivatives_raise_instead_of_being_wrong(tokens, monkeypatch):
+    from sam3_lora_kit.lora import layers
+
+    monkeypatch.setattr(layers, "_MIN_FUSED_ACTIVATIONS", 0 if tokens == 1000 else 1 << 40)
+    layer = LoRALinear(nn.Linear(64, 96), 4, 8)
+    _randomise_b(layer)
+    x = torch.randn(tokens, 64, requires_grad=True)
+    (grad_b,) = torch.autograd.grad(layer(x).pow(2).sum(), layer.lora_B, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad_b.pow(2).sum().backward()

@@ -249,3 +249,17 @@ def test_saving_stored_weights_leaves_a_model_without_stored_weights_alone():
     assert plain_bytes == kept_bytes > 0 and torch.equal(out_plain, out_kept)
     for name in grads_plain:
         assert torch.equal(grads_plain[name], grads_kept[name]), name
+
+
+def test_a_layers_own_merge_on_stored_weights_keeps_the_outputs():
+    """``layer.merge()`` (not only ``merge_lora``) lands the update in the weight itself, not in a temporary upcast."""
+    model = _lora_toy()
+    store_frozen_weights(model, torch.bfloat16)
+    x = torch.randn(2, 30, 8)
+    with torch.no_grad():
+        before = model(x)
+        for layer in (model.encoder.layers[0].linear1, model.encoder.layers[0].self_attn):
+            layer.merge()
+        after = model(x)
+    assert model.encoder.layers[0].linear1.merged and model.encoder.layers[0].self_attn.merged
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()

@@ -126,8 +126,17 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if raw.get("format") != FORMAT:
         raise AdapterError(f"{path}: not a sam3-lora-kit adapter (metadata format is {raw.get('format')!r})")
     decoded: dict[str, Any] = dict(raw)
-    for key in ("rank", "alpha", "targets", "layers", "user"):
-        decoded[key] = json.loads(raw[key])
+    for key in ("rank", "alpha", "targets", "layers", "user", "fingerprint"):
+        if key not in raw:
+            raise AdapterError(f"{path}: adapter metadata lacks {key!r} (a damaged or hand-made file)")
+        if key == "fingerprint":
+            continue
+        try:
+            decoded[key] = json.loads(raw[key])
+        except json.JSONDecodeError as error:
+            raise AdapterError(f"{path}: adapter metadata {key!r} is not valid JSON ({error})") from None
+    if not isinstance(decoded["layers"], dict) or not all(isinstance(c, dict) for c in decoded["layers"].values()):
+        raise AdapterError(f"{path}: adapter metadata 'layers' must map layer names to their settings")
     return decoded
 
 
@@ -140,6 +149,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     """
     path = Path(path)
     meta = read_adapter_metadata(path)
+    merged = next((name for name, layer in iter_lora_layers(model) if layer.merged), None)
+    if merged is not None:
+        raise AdapterError(f"{path}: the model's LoRA layer {merged!r} is merged into its base weights; "
+                           f"call unmerge_lora(model) before loading another adapter")
     have = _layer_configs(model)
     for name, config in meta["layers"].items():
         if name not in have:

@@ -97,10 +97,53 @@ def _wrap(module: nn.Module, rank: int, alpha: float, dropout: float, use_rslora
     return LoRALinear(module, rank, alpha, dropout, use_rslora, **options)
 
 
+def _is_positive_integer(value: object) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value).is_integer() and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+def _wrap_chosen(model: nn.Module, named: dict[str, nn.Module], chosen: list[str], rank: int, alpha: float, dropout: float,
+                 use_rslora: bool, layer_options: Mapping[str, Mapping[str, Any]] | None,
+                 replaced: list[tuple[str, nn.Module, nn.Module | None]]) -> LoRAReport:
+    """Freeze every parameter and wrap the ``chosen`` modules, noting each change in ``replaced``."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    report = LoRAReport()
+    for name in chosen:
+        module = named[name]
+        options: dict[str, Any] = {}
+        for pattern, extra in (layer_options or {}).items():
+            if name_matches(name, pattern):
+                options.update(extra)
+        replaced.append((name, module, getattr(module, "out_proj", None) if isinstance(module, nn.MultiheadAttention) else None))
+        wrapper = _wrap(module, rank, alpha, dropout, use_rslora, options)
+        _set_submodule(model, name, wrapper)
+        lora_params = sum(p.numel() for p_name, p in wrapper.named_parameters() if p_name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
+        shape = tuple(module.in_proj_weight.shape if isinstance(module, nn.MultiheadAttention) else module.weight.shape)
+        report.layers.append({"name": name, "kind": getattr(module, "converted_from", type(module).__name__), "shape": "x".join(map(str, shape)), "rank": rank, "lora_params": lora_params})
+    return report
+
+
+def _unfreeze(model: nn.Module, trainable_modules: Sequence[str], named: dict[str, nn.Module], report: LoRAReport) -> None:
+    """Make every parameter of the modules ``trainable_modules`` names trainable again."""
+    for pattern in trainable_modules:
+        hits = [name for name, module in model.named_modules() if name and name_matches(name, pattern) and not isinstance(module, LoRALayer)]
+        if not hits:
+            close = _close_matches(pattern, list(named))
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise ValueError(f"trainable module {pattern!r} matches nothing in {type(model).__name__}{hint}")
+        for name in hits:
+            for param in model.get_submodule(name).parameters():
+                param.requires_grad_(True)
+            report.trainable_modules.append(name)
 
 
 def inject_lora(
@@ -125,12 +168,19 @@ def inject_lora(
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     if not targets:
         raise ValueError("target_modules is empty: name at least one module to adapt")
+    if not _is_positive_integer(rank):  # checked before anything changes, like every error below
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
     named = dict(model.named_modules())
-    candidates = [name for name, module in named.items() if name and _is_wrappable(module)]
+    adapted = [name for name, module in named.items() if isinstance(module, LoRALayer)]
+    inside_lora = lambda name: any(name.startswith(prefix + ".") for prefix in adapted)  # noqa: E731
+    candidates = [name for name, module in named.items() if name and _is_wrappable(module) and not inside_lora(name)]
     chosen: list[str] = []
     for pattern in targets:
         hits = [name for name in candidates if name_matches(name, pattern)]
         if not hits:
+            already = [name for name in adapted if name_matches(name, pattern)]
+            if already:
+                raise ValueError(f"target {pattern!r} matches only modules that already carry LoRA ({already[0]}, ...)")
             close = _close_matches(pattern, [n for n in named if n])
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise ValueError(f"target {pattern!r} matches no nn.Linear or nn.MultiheadAttention in {type(model).__name__}{hint}")
@@ -138,31 +188,20 @@ def inject_lora(
     # A Linear inside a chosen attention module (its out_proj) is handled by that module's wrapper.
     chosen = [n for n in chosen if not any(n.startswith(other + ".") for other in chosen if isinstance(named[other], nn.MultiheadAttention))]
 
-    for param in model.parameters():
-        param.requires_grad_(False)
-    report = LoRAReport()
-    for name in chosen:
-        module = named[name]
-        options: dict[str, Any] = {}
-        for pattern, extra in (layer_options or {}).items():
-            if name_matches(name, pattern):
-                options.update(extra)
-        wrapper = _wrap(module, rank, alpha, dropout, use_rslora, options)
-        _set_submodule(model, name, wrapper)
-        lora_params = sum(p.numel() for p_name, p in wrapper.named_parameters() if p_name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
-        shape = tuple(module.in_proj_weight.shape if isinstance(module, nn.MultiheadAttention) else module.weight.shape)
-        report.layers.append({"name": name, "kind": getattr(module, "converted_from", type(module).__name__), "shape": "x".join(map(str, shape)), "rank": rank, "lora_params": lora_params})
-
-    for pattern in trainable_modules:
-        hits = [name for name, module in model.named_modules() if name and name_matches(name, pattern) and not isinstance(module, LoRALayer)]
-        if not hits:
-            close = _close_matches(pattern, list(named))
-            hint = f"; close matches: {', '.join(close)}" if close else ""
-            raise ValueError(f"trainable module {pattern!r} matches nothing in {type(model).__name__}{hint}")
-        for name in hits:
-            for param in model.get_submodule(name).parameters():
-                param.requires_grad_(True)
-            report.trainable_modules.append(name)
+    # Any error below puts the model back as it was: modules, out_proj and requires_grad flags.
+    requires_grad = {param: param.requires_grad for param in model.parameters()}
+    replaced: list[tuple[str, nn.Module, nn.Module | None]] = []  # (name, original module, its original out_proj)
+    try:
+        report = _wrap_chosen(model, named, chosen, rank, alpha, dropout, use_rslora, layer_options, replaced)
+        _unfreeze(model, trainable_modules, named, report)
+    except BaseException:
+        for name, module, out_proj in reversed(replaced):
+            _set_submodule(model, name, module)
+            if out_proj is not None:
+                module.out_proj = out_proj
+        for param, flag in requires_grad.items():
+            param.requires_grad_(flag)
+        raise
     for name, param in model.named_parameters():
         if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
             param.requires_grad_(True)

@@ -34,6 +34,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from sam3_lora_kit.lora.attention import forces_no_weights, multihead_attention, project_qkv
 
@@ -143,6 +144,7 @@ class _LoRALinearFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises rather than being wrong
     def backward(ctx, grad_y):  # type: ignore[override]
         x, weight, lora_A, lora_B, x_a = ctx.saved_tensors
         scaling = ctx.scaling
@@ -189,6 +191,7 @@ class _LoRALinearFusedFunction(torch.autograd.Function):
         return _untracked_columns(both, (*x.shape[:-1], out_features))  # (..., out), row stride width
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises rather than being wrong
     def backward(ctx, grad_y):  # type: ignore[override]
         x, weight, lora_A, lora_B, x_a = ctx.saved_tensors
         scaling = ctx.scaling
@@ -266,6 +269,13 @@ class LoRALayer(nn.Module):
         """The update ``scaling * B @ A`` with the base weight's shape ``(out, in)``."""
         lora_A, lora_B = self.lora_factors()
         return (lora_B @ lora_A) * self.scaling
+
+
+def _restore_stored(module: nn.Module) -> None:
+    """Undo ``store_frozen_weights`` on ``module``'s own parameters (a no-op when none is stored)."""
+    from sam3_lora_kit.lora.storage import restore_frozen_weights  # storage builds on this module
+
+    restore_frozen_weights(module)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -355,8 +365,13 @@ class LoRALinear(LoRALayer):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update into the base weight (forward then costs exactly the base layer)."""
+        """Add the update into the base weight (forward then costs exactly the base layer).
+
+        A base weight kept in half precision (``store_frozen_weights``) becomes a plain float32
+        parameter first, so the update lands in the weight itself at full precision.
+        """
         if not self.merged:
+            _restore_stored(self.base_layer)
             self.base_layer.weight.add_(self.delta_weight().to(self.base_layer.weight.dtype))
             self.merged = True
 
@@ -440,8 +455,9 @@ class LoRAMultiheadAttention(LoRALayer):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Merge the q/k/v updates into ``in_proj_weight`` and ``out_proj``'s into its weight."""
+        """Merge the q/k/v updates into ``in_proj_weight`` and ``out_proj``'s into its weight (float32, as ``LoRALinear.merge``)."""
         if not self.merged and self.adapts_in_proj:
+            _restore_stored(self.base_layer)
             self.base_layer.in_proj_weight.add_(self.delta_weight().to(self.base_layer.in_proj_weight.dtype))
         self.merged = True
         if isinstance(self.base_layer.out_proj, LoRALinear):
@@ -458,9 +474,26 @@ class LoRAMultiheadAttention(LoRALayer):
     def _in_projection(self, query, key, value):
         """Project to q, k, v ``(N, L|S, E)`` with the adapted packed weight."""
         base = self.base_layer
-        if query is key and key is value and self.adapts_in_proj and not self.merged:  # one packed LoRA product
-            return lora_linear(query, base.in_proj_weight, base.in_proj_bias, self).chunk(3, dim=-1)
-        return project_qkv(query, key, value, self.in_proj_weight, base.in_proj_bias)
+        if not self.adapts_in_proj or self.merged:
+            return project_qkv(query, key, value, base.in_proj_weight, base.in_proj_bias)
+        weight, bias = base.in_proj_weight, base.in_proj_bias
+        trainable = weight.requires_grad or (bias is not None and bias.requires_grad)
+        if query is key and key is value:  # one packed LoRA product
+            return lora_linear(query, weight, bias, self, weight_trainable=trainable).chunk(3, dim=-1)
+        if self.training and isinstance(self.lora_dropout, nn.Dropout):
+            return self._in_projection_with_dropout(query, key, value)
+        return project_qkv(query, key, value, self.in_proj_weight, bias)
+
+    def _in_projection_with_dropout(self, query, key, value):
+        """q, k, v for distinct inputs with LoRA dropout on each input of the low-rank path."""
+        base = self.base_layer
+        projected = project_qkv(query, key, value, base.in_proj_weight, base.in_proj_bias)  # base only, (N, L|S, E) each
+        lora_B_slices = self.lora_factors()[1].chunk(3)  # (E, R) each; zero for a slice left out
+        out = []
+        for base_out, x, lora_B in zip(projected, (query, key, value), lora_B_slices):
+            x_a = F.linear(self.lora_dropout(x).to(self.lora_A.dtype), self.lora_A)  # (N, L|S, R)
+            out.append(base_out + (F.linear(x_a, lora_B) * self.scaling).to(base_out.dtype))
+        return tuple(out)
 
     def forward(
         self,
