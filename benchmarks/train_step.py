@@ -532,10 +532,12 @@ def report(result: dict, out_dir) -> str:
     body["ratios"], body["goals"] = ratios(body["runs"]), goals(body["runs"])  # derived from the runs by this code
     params = body["parameters"]
     cuda = any("cuda_peak_bytes" in row for row in body["runs"])
+    full_sizes = sorted({row["config"]["image_size"] for row in body["runs"] if row["config"].get("size") == "full"
+                         and row["config"].get("image_size")} or {params["full_image_size"]})
     lines = [f"## {TITLE}{' on CUDA' if cuda else ''}", "",
              f"One process per configuration; peak RSS is the process's `VmHWM` (its whole resident peak: runtime, weights, "
              f"gradients, optimizer state, activations). Batch 1, rank {params['rank']}, alpha {params['alpha']}, "
-             f"{params['optimizer']}; full-size model randomly initialised at {params['full_image_size']} px "
+             f"{params['optimizer']}; full-size model randomly initialised, at {' and '.join(map(str, full_sizes))} px "
              f"({params['precision']}). {params['note']}." + (
                  " CUDA peak: `torch.cuda.max_memory_allocated` over the last timed step (tensors only; the CUDA "
                  "context and the allocator's cache are not in it); seconds per step by CUDA events after a synchronise." if cuda else ""), ""]

@@ -66,11 +66,17 @@ def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
 
 
 def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """A row per ``run_summary.json`` under ``runs_dir`` (sorted by path); unreadable files are skipped with a warning."""
+    """A row per run under ``runs_dir``: its ``run_summary.json`` files, sorted by path.
+
+    Unreadable files are skipped with a warning. One trained adapter is one run: where several
+    summaries name the same ``adapter_path`` (the trainer's ``RUN/run/run_summary.json`` and the
+    notebook's ``RUN/run_summary.json``, which adds the evaluation), only the one with the most
+    fields is kept (at equal counts, the one nearest ``runs_dir``).
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no such folder")
-    rows = []
+    summaries = []
     for path in sorted(runs_dir.rglob(SUMMARY_FILE)):
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
@@ -80,6 +86,18 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
         if not isinstance(summary, dict):
             print(f"sam3-lora ledger: skipping {path}: not a JSON object", file=sys.stderr)
             continue
+        summaries.append((path, summary))
+    best: dict[str, tuple[int, int, Path]] = {}  # adapter -> (-fields, depth, path) of its fullest summary
+    for path, summary in summaries:
+        adapter = summary.get("adapter_path")
+        if isinstance(adapter, str) and adapter:
+            rank = (-sum(v is not None for v in summary.values()), len(path.relative_to(runs_dir).parts), path)
+            best[adapter] = min(best.get(adapter, rank), rank)
+    rows = []
+    for path, summary in summaries:
+        adapter = summary.get("adapter_path")
+        if isinstance(adapter, str) and adapter and best[adapter][2] != path:
+            continue  # another summary of the same run says more
         run = path.parent.relative_to(runs_dir).as_posix()
         rows.append(_row(summary, run if run != "." else runs_dir.name))
     return rows

@@ -85,3 +85,21 @@ def test_cli_warns_once_per_skipped_summary(runs_dir, tmp_path, capsys):
     bad.write_text("{not json", encoding="utf-8")
     assert main(["ledger", str(runs_dir), "--out", str(tmp_path / "ledger")]) == 0
     assert capsys.readouterr().err.count(str(bad)) == 1
+
+
+def test_one_run_is_one_row_when_trainer_and_notebook_both_summarise_it(tmp_path):
+    """Notebook 04 writes RUN/run_summary.json (with mAP) beside the trainer's RUN/run/run_summary.json."""
+    runs = tmp_path / "runs"
+    for rank in (2, 4):
+        adapter = str(runs / f"rank{rank}" / "run" / "adapter.safetensors")
+        trainer = {"adapter_path": adapter, "rank": rank, "trainable_params": 100 * rank}
+        notebook = {**trainer, "map_before": 0.1, "map_after": 0.1 + rank / 100}
+        for folder, summary in ((runs / f"rank{rank}" / "run", trainer), (runs / f"rank{rank}", notebook)):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    other = runs / "cli_only" / "run_summary.json"  # a run trained by the CLI alone: its only summary stays
+    other.parent.mkdir()
+    other.write_text(json.dumps({"adapter_path": str(other.parent / "adapter.safetensors"), "rank": 8}), encoding="utf-8")
+    rows = collect_runs(runs)
+    assert [row["run"] for row in rows] == ["cli_only", "rank2", "rank4"]
+    assert [row["map_gain"] for row in rows] == [None, pytest.approx(0.02), pytest.approx(0.04)]
