@@ -116,42 +116,31 @@ def _no_leftovers(folder):
     return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name)
 
 
-def test_overwrite_that_cannot_move_the_old_output_leaves_it_as_it_was(tmp_path, monkeypatch):
-    from pathlib import Path
-
+def _export_and_kept_dst(tmp_path):
+    """A VOC export and a non-empty DST holding the user's ``keep.txt``."""
     src = write_voc_export(tmp_path / "export")
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
+    return src, dst
+
+
+@pytest.mark.parametrize("step", ["moving the old output aside", "placing the new output"])
+def test_overwrite_whose_swap_fails_leaves_the_old_output_as_it_was(tmp_path, monkeypatch, step):
+    from pathlib import Path
+
+    src, dst = _export_and_kept_dst(tmp_path)
     real_rename = Path.rename
 
-    def refuse_moving_dst(self, target):
-        if self == dst:
+    def refusing_rename(self, target):
+        moving_old = self == dst
+        placing_new = Path(target) == dst and ".partial-" in self.parent.name
+        if (moving_old if step == "moving the old output aside" else placing_new):
             raise PermissionError(1, "Operation not permitted")
         return real_rename(self, target)
 
-    monkeypatch.setattr(Path, "rename", refuse_moving_dst)
+    monkeypatch.setattr(Path, "rename", refusing_rename)
     with pytest.raises(DataError, match="cannot be replaced .*left as it was"):
-        convert_roboflow(src, dst, overwrite=True)
-    assert [p.name for p in dst.iterdir()] == ["keep.txt"] and not _no_leftovers(tmp_path)
-
-
-def test_overwrite_that_cannot_place_the_new_output_puts_the_old_one_back(tmp_path, monkeypatch):
-    from pathlib import Path
-
-    src = write_voc_export(tmp_path / "export")
-    dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
-    real_rename = Path.rename
-
-    def refuse_placing_new(self, target):
-        if Path(target) == dst and self.name == "out" and ".partial-" in self.parent.name:
-            raise OSError(5, "Input/output error")
-        return real_rename(self, target)
-
-    monkeypatch.setattr(Path, "rename", refuse_placing_new)
-    with pytest.raises(DataError, match="cannot be replaced"):
         convert_roboflow(src, dst, overwrite=True)
     assert [p.name for p in dst.iterdir()] == ["keep.txt"] and not _no_leftovers(tmp_path)
 
@@ -161,10 +150,7 @@ def test_overwrite_whose_old_output_cannot_be_deleted_succeeds_and_says_where_it
 
     from sam3_lora_kit.data import convert as convert_module
 
-    src = write_voc_export(tmp_path / "export")
-    dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    src, dst = _export_and_kept_dst(tmp_path)
     real_rmtree = shutil.rmtree
 
     def refuse_old(path, *args, **kwargs):
