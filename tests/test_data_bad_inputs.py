@@ -77,10 +77,18 @@ def test_zip_written_on_windows_has_folders_not_backslash_names(tmp_path):
     assert report.total("images_out") > 0
 
 
-def test_the_kits_linked_output_is_readable_again(tmp_path, capsys):
+def test_the_kits_linked_output_is_readable_again(tmp_path, capsys, monkeypatch):
+    """Symbolic links (what ``--link`` writes where hard links fail) that leave the folder are read back."""
+    import errno
+    import os
+
     from sam3_lora_kit.cli import main
     from sam3_lora_kit.data import CocoSegmentationDataset
 
+    def no_hard_links(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
     src = write_yolo_export(tmp_path / "export")
     linked = tmp_path / "linked"
     first = convert_roboflow(src, linked, link=True)

@@ -131,11 +131,40 @@ def test_masks_instances_are_components(tmp_path):
     assert areas == [("crack", 48), ("crack", 150), ("rust", 32)]
 
 
-def test_link_makes_symlinks(tmp_path):
+def test_link_makes_hard_links(tmp_path):
     src = write_voc_export(tmp_path / "export")
     convert_roboflow(src, tmp_path / "out", link=True)
     image = tmp_path / "out/train/f1.jpg"
-    assert image.is_symlink() and Path(os.readlink(image)) == (src / "train/f1.jpg").resolve()
+    assert not image.is_symlink() and os.path.samefile(image, src / "train/f1.jpg")
+    assert (src / "train/f1.jpg").stat().st_nlink == 2
+
+
+def _failing_link(monkeypatch, code: int) -> list:
+    """Make ``os.link`` fail with the errno ``code``; returns the list its calls are recorded in."""
+    calls = []
+
+    def link(source, target, *args, **kwargs):
+        calls.append(target)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", link)
+    return calls
+
+
+@pytest.mark.parametrize("code, tried_per", [("EXDEV", "split"), ("EPERM", "split"), ("EMLINK", "image")])
+def test_link_falls_back_to_symlinks(tmp_path, monkeypatch, code, tried_per):
+    """Another file system (or hard links not allowed): symbolic links, after one try per split;
+    a failure that concerns one file only (too many links to it): a hard link is tried for each image."""
+    import errno
+
+    src = write_voc_export(tmp_path / "export")
+    calls = _failing_link(monkeypatch, getattr(errno, code))
+    report = convert_roboflow(src, tmp_path / "out", link=True)
+    images = [p for split in report.splits for p in (tmp_path / "out" / split).glob("*.jpg")]
+    assert len(images) == report.total("images_out") > len(report.splits)
+    for image in images:
+        assert image.is_symlink() and Path(os.readlink(image)) == (src / image.parent.name / image.name).resolve()
+    assert len(calls) == (len(report.splits) if tried_per == "split" else len(images))
 
 
 def test_class_list_from_every_split(tmp_path):

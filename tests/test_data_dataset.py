@@ -70,13 +70,21 @@ def test_missing_split_names_file(tmp_path):
         CocoSegmentationDataset(tmp_path, "train")
 
 
+@pytest.mark.parametrize("links", ["hard", "symbolic"])
 @pytest.mark.parametrize("writer", ["coco", "voc"])
-def test_linked_output_loads_like_the_copy(tmp_path, writer):
+def test_linked_output_loads_like_the_copy(tmp_path, writer, links, monkeypatch):
     """``convert --link`` output (links to the source images) loads, item for item equal to the copy."""
+    import errno
+    import os
+
     from data_fixtures import write_voc_export
 
     src = {"coco": write_coco_export, "voc": write_voc_export}[writer](tmp_path / "export")
     convert_roboflow(src, tmp_path / "copied")
+    if links == "symbolic":  # what --link writes where hard links fail (another file system)
+        def no_hard_links(*args, **kwargs):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "link", no_hard_links)
     convert_roboflow(src, tmp_path / "linked", link=True)
     for split in ("train", "valid", "test"):
         if not (tmp_path / "copied" / split).is_dir():
@@ -85,7 +93,9 @@ def test_linked_output_loads_like_the_copy(tmp_path, writer):
         linked = CocoSegmentationDataset(tmp_path / "linked", split)
         assert len(linked) == len(copied) > 0
         for i in range(len(linked)):
-            assert (tmp_path / "linked" / split / linked.images[i]["file_name"]).is_symlink()
+            image = tmp_path / "linked" / split / linked.images[i]["file_name"]
+            assert image.is_symlink() == (links == "symbolic")
+            assert os.path.samefile(image, src / split / linked.images[i]["file_name"])
             a, b = linked[i], copied[i]
             assert a.keys() == b.keys()
             for key in a:

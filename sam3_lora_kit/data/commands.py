@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("src", help="the Roboflow export: a folder or a .zip")
     convert.add_argument("dst", help="output folder (written as a whole, or not at all)")
     convert.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="export format (default: auto)")
-    convert.add_argument("--link", action="store_true", help="symlink images instead of copying them")
+    convert.add_argument("--link", action="store_true",
+                         help="link images instead of copying them (hard links where the file system allows, "
+                              "else symbolic links; editing a linked image in place edits the source)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     convert.add_argument("--strict", action="store_true", help="fail on any quirk that loses data")
     convert.add_argument("--allow-no-train", action="store_true", help="accept an export without train/")

@@ -3,11 +3,12 @@
 Memory stays flat with the split's size: each image's and annotation's JSON is appended to an
 unnamed temporary file as it comes, and ``finish`` joins them into ``_annotations.coco.json``
 (byte for byte what ``json.dumps`` of the whole document gives). Image files are written (or
-linked) by one background thread, so the file system's latency overlaps with the cleaning of
+linked: hard links where possible, else symbolic links) by one background thread, so the file system's latency overlaps with the cleaning of
 the next images; about ``QUEUED_IMAGES`` images wait in memory at a time.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -29,14 +30,32 @@ _COMPACT = (",", ":")
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def place_file(source: Path, target: str | Path, data: bytes | None, link: bool) -> None:
-    """Put one image at ``target``: a link to ``source``, its bytes ``data``, or a copy of ``source``."""
+# os.link errors after which no further hard link is tried: another file system, none supported
+_NO_HARD_LINKS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def place_file(source: Path, target: str | Path, data: bytes | None, link: bool, hard: bool = True) -> bool:
+    """Put one image at ``target``: a link to ``source``, its bytes ``data``, or a copy of ``source``.
+
+    A link is a hard link where ``hard`` and the file system allow it (no new inode: on ext4 far
+    cheaper than a new file or a symbolic link, and it survives the source being moved), else a
+    symbolic link. Returns whether hard links are still worth trying.
+    """
     if link:
+        if hard:
+            try:
+                os.link(source, target)  # follows a source that is itself a link
+                return True
+            except OSError as error:
+                if error.errno == errno.EEXIST:
+                    raise
+                hard = error.errno not in _NO_HARD_LINKS  # e.g. EMLINK: this file only
         os.symlink(source.resolve(), target)
     elif data is not None:  # the bytes the cleaner read and checked: no second read
         _write_bytes(target, data)
     else:
         shutil.copyfile(source, target)
+    return hard
 
 
 def _write_bytes(target: str | Path, data: bytes) -> None:
@@ -64,6 +83,7 @@ class _Placer:
         self._thread.start()
 
     def _run(self) -> None:
+        hard = True  # hard links still worth trying
         while True:
             batch = self._jobs.get()
             if batch is None:
@@ -71,7 +91,7 @@ class _Placer:
             for job in batch:
                 if self._error is None:
                     try:
-                        place_file(*job)
+                        hard = place_file(*job, hard=hard)
                     except BaseException as error:  # noqa: BLE001 (handed to the caller's thread)
                         self._error = error
 
