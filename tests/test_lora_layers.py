@@ -351,6 +351,22 @@ def test_fused_path_gradients_are_as_accurate_as_peft(in_features, out_features,
         assert mine <= 2e-6
 
 
+@pytest.mark.parametrize("in_features,out_features,contiguous", [(256, 256, True), (64, 128, True), (32, 512, False)])
+def test_fused_backward_hands_a_contiguous_input_gradient_unless_out_is_wide(in_features, out_features, contiguous,
+                                                                            small_fused_floor):
+    """Where ``out <= 2 in`` grad_x comes from its own GEMM (contiguous: nobody downstream copies it);
+    wider outputs take it as a column slice of one stacked GEMM, which saves re-reading grad_y."""
+    from sam3_lora_kit.lora.layers import _use_fused
+
+    layer = LoRALinear(nn.Linear(in_features, out_features), 4, 8)
+    x = torch.randn(600, in_features, requires_grad=True)
+    assert _use_fused(x, layer.base_layer.weight)
+    captured = {}
+    x.register_hook(lambda grad: captured.setdefault("grad", grad))  # before AccumulateGrad's own copy
+    layer(x).backward(torch.randn(600, out_features))
+    assert captured["grad"].shape == x.shape and captured["grad"].is_contiguous() is contiguous
+
+
 @pytest.mark.parametrize("tokens,fused", [(1000, True), (1000, False), (40, False)])
 def test_output_allows_inplace_ops_views_and_second_backward(tokens, fused, monkeypatch):
     """The fused output is a column slice of a wider buffer, the in-place path's is written through
