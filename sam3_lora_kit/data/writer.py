@@ -3,8 +3,9 @@
 Memory stays flat with the split's size: each image's and annotation's JSON is appended to an
 unnamed temporary file as it comes, and ``finish`` joins them into ``_annotations.coco.json``
 (byte for byte what ``json.dumps`` of the whole document gives). Image files are written (or
-linked: hard links where possible, else symbolic links) by one background thread, so the file system's latency overlaps with the cleaning of
-the next images; about ``QUEUED_IMAGES`` images wait in memory at a time.
+linked: hard links where possible, else symbolic links) by one background thread, so the file
+system's latency overlaps with the cleaning of the next images; about ``QUEUED_IMAGES`` images
+wait in memory at a time.
 """
 from __future__ import annotations
 
