@@ -118,8 +118,8 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
     ``format``: ``auto``, ``coco``, ``yolo``, ``voc`` or ``masks``. ``link``: link images instead of
     copying them (hard links where possible, else symbolic links). ``overwrite``: replace a
     non-empty ``dst``. ``strict``: raise on any quirk that loses data (missing image, dropped
-    polygon). ``require_train``: refuse an export without ``train/``. Raises ``DataError`` (file and problem in one line) on bad input; then nothing
-    is left at ``dst`` and ``src`` is untouched.
+    polygon). ``require_train``: refuse an export without ``train/``. Raises ``DataError`` (file
+    and problem in one line) on bad input; then nothing is left at ``dst`` and ``src`` is untouched.
     """
     started = time.perf_counter()
     src, dst = Path(src).expanduser().absolute(), Path(dst).expanduser().absolute()
