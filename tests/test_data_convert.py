@@ -151,10 +151,11 @@ def _failing_link(monkeypatch, code: int) -> list:
     return calls
 
 
-@pytest.mark.parametrize("code, tried_per", [("EXDEV", "split"), ("EPERM", "split"), ("EMLINK", "image")])
+@pytest.mark.parametrize("code, tried_per", [("EXDEV", "split"), ("ENOTSUP", "split"), ("EPERM", "image"), ("EMLINK", "image")])
 def test_link_falls_back_to_symlinks(tmp_path, monkeypatch, code, tried_per):
-    """Another file system (or hard links not allowed): symbolic links, after one try per split;
-    a failure that concerns one file only (too many links to it): a hard link is tried for each image."""
+    """Another file system (or none with hard links): symbolic links, after one try per split;
+    a refusal that may concern one file only (Linux's protected hard links, too many links to
+    it): a hard link is tried for each image."""
     import errno
 
     src = write_voc_export(tmp_path / "export")
@@ -165,6 +166,59 @@ def test_link_falls_back_to_symlinks(tmp_path, monkeypatch, code, tried_per):
     for image in images:
         assert image.is_symlink() and Path(os.readlink(image)) == (src / image.parent.name / image.name).resolve()
     assert len(calls) == (len(report.splits) if tried_per == "split" else len(images))
+
+
+def test_link_to_a_source_that_is_itself_a_link_links_its_file(tmp_path):
+    """A relative symbolic link inside the export: the output links the file it names, never the
+    link itself (which would dangle in the output folder)."""
+    src = write_voc_export(tmp_path / "export")
+    (src / "train/store").mkdir()
+    os.rename(src / "train/f1.jpg", src / "train/store/f1.jpg")
+    os.symlink("store/f1.jpg", src / "train/f1.jpg")
+    convert_roboflow(src, tmp_path / "out", link=True)
+    image = tmp_path / "out/train/f1.jpg"
+    assert not image.is_symlink() and os.path.samefile(image, src / "train/store/f1.jpg")
+
+
+def test_link_copies_where_no_link_of_either_kind_can_be_made(tmp_path, monkeypatch):
+    """FAT and exFAT have neither hard nor symbolic links: the images are copied, once tried."""
+    import errno
+
+    src = write_voc_export(tmp_path / "export")
+    calls = _failing_link(monkeypatch, errno.EPERM)
+    symlinks = []
+
+    def no_symlink(source, target, *args, **kwargs):
+        symlinks.append(target)
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_symlink)
+    report = convert_roboflow(src, tmp_path / "out", link=True)
+    images = [p for split in report.splits for p in (tmp_path / "out" / split).glob("*.jpg")]
+    assert len(images) == report.total("images_out") > len(report.splits)
+    for image in images:
+        assert not image.is_symlink() and image.stat().st_nlink == 1
+        assert image.read_bytes() == (src / image.parent.name / image.name).read_bytes()
+    assert len(calls) == len(symlinks) == len(report.splits)
+
+
+def test_linking_back_into_the_folder_being_replaced_copies(tmp_path, monkeypatch):
+    """DST's own images reached through SRC's links: linking them would leave links to deleted
+    files once --overwrite replaces DST, so they are copied (and reported)."""
+    import errno
+
+    original = write_voc_export(tmp_path / "export")
+    convert_roboflow(original, tmp_path / "A")
+    before = {p.relative_to(tmp_path / "A"): p.read_bytes() for p in (tmp_path / "A").rglob("*.jpg")}
+    _failing_link(monkeypatch, errno.EXDEV)  # B as on another file system: symbolic links into A
+    convert_roboflow(tmp_path / "A", tmp_path / "B", link=True)
+    assert all(p.is_symlink() for p in (tmp_path / "B").rglob("*.jpg"))
+    report = convert_roboflow(tmp_path / "B", tmp_path / "A", link=True, overwrite=True)
+    after = {p.relative_to(tmp_path / "A"): p for p in (tmp_path / "A").rglob("*.jpg")}
+    assert after.keys() == before.keys()
+    for name, image in after.items():
+        assert not image.is_symlink() and image.read_bytes() == before[name]
+    assert report.quirk_counts()["linked_into_output"] == len(before)
 
 
 def test_class_list_from_every_split(tmp_path):

@@ -155,10 +155,13 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
             out = scratch / "out"
             for split in splits:
                 stats = report.splits.setdefault(split, SplitStats())
-                with SplitWriter(out / split, report.categories, link=link) as writer:
+                keep_out = dst if link and dst.is_dir() else None  # what --overwrite deletes
+                with SplitWriter(out / split, report.categories, link=link, keep_out=keep_out) as writer:
                     for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
                         writer.add(source, image)
                     writer.finish()
+                for number, source in enumerate(writer.copied_examples):  # the count once, then examples
+                    quirks.add("linked_into_output", str(source), count=writer.copied_not_linked if number == 0 else 0)
             before = {}
             if src.is_file():
                 quirks.relabel(lambda text: archive_path_text(text, scratch, src))

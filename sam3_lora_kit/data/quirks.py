@@ -36,6 +36,7 @@ QUIRK_KINDS: dict[str, tuple[str, str]] = {
     "background_class": ("info", "mask class treated as background (no instances)"),
     "missing_split": ("info", "split not present in the export"),
     "linked_as_copy": ("info", "images from a .zip are copied, not linked"),
+    "linked_into_output": ("info", "image lives in the output folder being replaced (a link would dangle): copied, not linked"),
     "old_output_left": ("info", "the output was replaced, but the old one could not be deleted: delete this folder"),
     "poor_prompt_name": ("info", "class name makes a poor SAM 3 text prompt; consider renaming"),
     "shared_between_splits": ("info", "identical image file in more than one split (leakage between splits)"),

@@ -31,32 +31,47 @@ _COMPACT = (",", ":")
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-# os.link errors after which no further hard link is tried: another file system, none supported
-_NO_HARD_LINKS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+# How an image is placed when linking: the first that works, remembered for the split's next files.
+HARD, SYMBOLIC, COPY = "hard", "symbolic", "copy"
+# errors after which no further hard link is tried: another file system, none supported
+_NO_HARD_LINKS = {errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+# errors after which no further symbolic link is tried (FAT and exFAT have none)
+_NO_SYMBOLIC_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-def place_file(source: Path, target: str | Path, data: bytes | None, link: bool, hard: bool = True) -> bool:
+def place_file(source: Path, target: str | Path, data: bytes | None, link: bool, kind: str = HARD) -> str:
     """Put one image at ``target``: a link to ``source``, its bytes ``data``, or a copy of ``source``.
 
-    A link is a hard link where ``hard`` and the file system allow it (no new inode: on ext4 far
-    cheaper than a new file or a symbolic link, and it survives the source being moved), else a
-    symbolic link. Returns whether hard links are still worth trying.
+    Linking tries ``kind`` first: a hard link (no new inode: on ext4 far cheaper than a new file
+    or a symbolic link, and it survives the source being moved), else a symbolic link, else a
+    copy. A source that is itself a link is followed to its file first. Returns the kind to try
+    first for the next file: a file system without hard (or symbolic) links is not asked again,
+    while a refusal that concerns one file only (``EPERM`` from Linux's protected hard links,
+    ``EMLINK``) is.
     """
-    if link:
-        if hard:
-            try:
-                os.link(source, target)  # follows a source that is itself a link
-                return True
+    next_kind = kind
+    if link and kind != COPY:
+        if kind == HARD:
+            try:  # os.link would link a symbolic link itself, not its file (folders on the way are followed)
+                os.link(os.path.realpath(source) if os.path.islink(source) else source, target)
+                return HARD
             except OSError as error:
                 if error.errno == errno.EEXIST:
                     raise
-                hard = error.errno not in _NO_HARD_LINKS  # e.g. EMLINK: this file only
-        os.symlink(source.resolve(), target)
-    elif data is not None:  # the bytes the cleaner read and checked: no second read
+                if error.errno in _NO_HARD_LINKS:
+                    next_kind = SYMBOLIC
+        try:
+            os.symlink(os.path.realpath(source), target)
+            return next_kind
+        except OSError as error:
+            if error.errno not in _NO_SYMBOLIC_LINKS:
+                raise
+            next_kind = COPY
+    if data is not None:  # the bytes the cleaner read and checked: no second read
         _write_bytes(target, data)
     else:
         shutil.copyfile(source, target)
-    return hard
+    return next_kind
 
 
 def _write_bytes(target: str | Path, data: bytes) -> None:
@@ -84,7 +99,7 @@ class _Placer:
         self._thread.start()
 
     def _run(self) -> None:
-        hard = True  # hard links still worth trying
+        kind = HARD  # how the next linked image is placed first
         while True:
             batch = self._jobs.get()
             if batch is None:
@@ -92,7 +107,7 @@ class _Placer:
             for job in batch:
                 if self._error is None:
                     try:
-                        hard = place_file(*job, hard=hard)
+                        kind = place_file(*job, kind=kind)
                     except BaseException as error:  # noqa: BLE001 (handed to the caller's thread)
                         self._error = error
 
@@ -123,8 +138,14 @@ class SplitWriter:
     Use as a context manager: leaving the block waits for the image files, also on an error.
     """
 
-    def __init__(self, folder: Path, categories: list[str], link: bool = False) -> None:
+    def __init__(self, folder: Path, categories: list[str], link: bool = False, keep_out: Path | None = None) -> None:
+        """``keep_out``: a folder no image may be linked into (the output this conversion replaces:
+        a link there would point at a file about to be deleted); such images are copied and
+        counted in ``copied_not_linked`` (the first few named in ``copied_examples``)."""
         self.folder, self.link = folder, link
+        self._keep_out = str(keep_out.resolve()) + os.sep if keep_out is not None else None
+        self.copied_not_linked = 0  # sources inside ``keep_out``
+        self.copied_examples: list[Path] = []
         self.category_ids = {name: k for k, name in enumerate(categories, 1)}  # ids 1..K in the order given
         self.num_images = self.num_annotations = 0
         self._names: set[str] = set()
@@ -163,7 +184,13 @@ class SplitWriter:
                 self._made.add(target.parent)
         else:
             target = os.path.join(self._folder_str, image.file_name)
-        self._placer.put(source, target, image.data, self.link)
+        link = self.link
+        if link and self._keep_out is not None and os.path.realpath(source).startswith(self._keep_out):
+            link = False
+            self.copied_not_linked += 1
+            if len(self.copied_examples) < 3:
+                self.copied_examples.append(source)
+        self._placer.put(source, target, image.data, link)
         image.data = None
         self.num_images += 1
         record = {"id": self.num_images, "file_name": image.file_name, "width": image.width, "height": image.height}
