@@ -9,9 +9,10 @@ images hard-linked). Each converter runs end to end as its own process, one afte
   output is a self-contained dataset);
 - kit, linked: the same with ``--link`` (images linked, not copied: like supervision's output,
   annotations that point at the source images). The kit makes hard links where it can (here: the
-  same file system), so no new inode per image: on this machine's ext4 disk a new file or symbolic
-  link cost up to 0.8 ms of kernel time each (4,010 of them 3.2 s, 4,010 hard links 0.05 s,
-  outside the benchmark);
+  same file system), so no new inode per image. Outside the benchmark, in a fresh folder on this
+  machine's ext4 disk, 4,010 new files (or symbolic links) cost up to 3.2 s of kernel time and
+  4,010 hard links 0.05 s; here, where each run re-creates its output in place, copying and
+  linking take about the same time;
 - supervision: ``sv.DetectionDataset.from_yolo(...)`` / ``from_pascal_voc(...)`` then
   ``.as_coco(annotations_path=...)`` per split (annotations only; images not written).
 
