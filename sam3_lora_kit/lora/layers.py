@@ -17,8 +17,8 @@ GEMMs with a rank-sized dimension run far below a large GEMM's speed (on CPU): o
 ``[W_eff; s * A]`` gives ``y`` and ``x @ A^T`` together forward (``y`` is then a column slice with
 row stride ``out + R``, rounded up to a multiple of 8); backward, ``grad_x = grad_y @ W_eff`` comes
 out contiguous (for ``out > 2 in``: one GEMM against ``[W_eff | s * B]`` gives it, as a column
-slice, together with ``grad_y @ B``), and the two gradient reductions over tokens run as batched products over
-token chunks when several CPU threads can share them. With few tokens (decoder queries, text) or
+slice, together with ``grad_y @ B``), and the two gradient reductions over tokens run as batched
+products over token chunks when several CPU threads can share them. With few tokens (decoder queries, text) or
 in half precision (where adding a small update to the weight would round it away) the low-rank
 products are added into the base products in place instead. A merged layer runs its base module
 unchanged. ``benchmarks/`` measures both paths against PEFT and the frozen layer.
