@@ -5,6 +5,7 @@ Every writer returns the export folder. Images are tiny solid-colour files so te
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,16 @@ def write_masks_export(root: Path) -> Path:
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes (to check a source is unchanged)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fail_os_link(monkeypatch, code: int) -> list:
+    """Make ``os.link`` fail with the errno ``code`` (e.g. EXDEV: another file system); returns
+    the list its calls are recorded in."""
+    calls = []
+
+    def link(source, target, *args, **kwargs):
+        calls.append(target)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", link)
+    return calls

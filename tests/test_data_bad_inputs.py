@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_fixtures import tree_bytes, write_coco_export, write_voc_export, write_yolo_export
+from data_fixtures import fail_os_link, tree_bytes, write_coco_export, write_voc_export, write_yolo_export
 from sam3_lora_kit.data import DataError, convert_roboflow
 
 
@@ -80,15 +80,11 @@ def test_zip_written_on_windows_has_folders_not_backslash_names(tmp_path):
 def test_the_kits_linked_output_is_readable_again(tmp_path, capsys, monkeypatch):
     """Symbolic links (what ``--link`` writes where hard links fail) that leave the folder are read back."""
     import errno
-    import os
 
     from sam3_lora_kit.cli import main
     from sam3_lora_kit.data import CocoSegmentationDataset
 
-    def no_hard_links(*args, **kwargs):
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(os, "link", no_hard_links)
+    fail_os_link(monkeypatch, errno.EXDEV)
     src = write_yolo_export(tmp_path / "export")
     linked = tmp_path / "linked"
     first = convert_roboflow(src, linked, link=True)

@@ -10,8 +10,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from data_fixtures import (tree_bytes, write_coco_export, write_masks_export, write_voc_export,
-                           write_yolo_export)
+from data_fixtures import (fail_os_link, tree_bytes, write_coco_export, write_masks_export,
+                           write_voc_export, write_yolo_export)
 from sam3_lora_kit.data import convert_roboflow
 from sam3_lora_kit.data.readers import detect_format
 
@@ -139,18 +139,6 @@ def test_link_makes_hard_links(tmp_path):
     assert (src / "train/f1.jpg").stat().st_nlink == 2
 
 
-def _failing_link(monkeypatch, code: int) -> list:
-    """Make ``os.link`` fail with the errno ``code``; returns the list its calls are recorded in."""
-    calls = []
-
-    def link(source, target, *args, **kwargs):
-        calls.append(target)
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(os, "link", link)
-    return calls
-
-
 @pytest.mark.parametrize("code, tried_per", [("EXDEV", "split"), ("ENOTSUP", "split"), ("EPERM", "image"), ("EMLINK", "image")])
 def test_link_falls_back_to_symlinks(tmp_path, monkeypatch, code, tried_per):
     """Another file system (or none with hard links): symbolic links, after one try per split;
@@ -159,7 +147,7 @@ def test_link_falls_back_to_symlinks(tmp_path, monkeypatch, code, tried_per):
     import errno
 
     src = write_voc_export(tmp_path / "export")
-    calls = _failing_link(monkeypatch, getattr(errno, code))
+    calls = fail_os_link(monkeypatch, getattr(errno, code))
     report = convert_roboflow(src, tmp_path / "out", link=True)
     images = [p for split in report.splits for p in (tmp_path / "out" / split).glob("*.jpg")]
     assert len(images) == report.total("images_out") > len(report.splits)
@@ -185,7 +173,7 @@ def test_link_copies_where_no_link_of_either_kind_can_be_made(tmp_path, monkeypa
     import errno
 
     src = write_voc_export(tmp_path / "export")
-    calls = _failing_link(monkeypatch, errno.EPERM)
+    calls = fail_os_link(monkeypatch, errno.EPERM)
     symlinks = []
 
     def no_symlink(source, target, *args, **kwargs):
@@ -210,7 +198,7 @@ def test_linking_back_into_the_folder_being_replaced_copies(tmp_path, monkeypatc
     original = write_voc_export(tmp_path / "export")
     convert_roboflow(original, tmp_path / "A")
     before = {p.relative_to(tmp_path / "A"): p.read_bytes() for p in (tmp_path / "A").rglob("*.jpg")}
-    _failing_link(monkeypatch, errno.EXDEV)  # B as on another file system: symbolic links into A
+    fail_os_link(monkeypatch, errno.EXDEV)  # B as on another file system: symbolic links into A
     convert_roboflow(tmp_path / "A", tmp_path / "B", link=True)
     assert all(p.is_symlink() for p in (tmp_path / "B").rglob("*.jpg"))
     report = convert_roboflow(tmp_path / "B", tmp_path / "A", link=True, overwrite=True)

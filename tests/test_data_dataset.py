@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_fixtures import write_coco_export, write_masks_export
+from data_fixtures import fail_os_link, write_coco_export, write_masks_export
 from sam3_lora_kit.data import CocoSegmentationDataset, DataError, convert_roboflow
 
 
@@ -82,9 +82,7 @@ def test_linked_output_loads_like_the_copy(tmp_path, writer, links, monkeypatch)
     src = {"coco": write_coco_export, "voc": write_voc_export}[writer](tmp_path / "export")
     convert_roboflow(src, tmp_path / "copied")
     if links == "symbolic":  # what --link writes where hard links fail (another file system)
-        def no_hard_links(*args, **kwargs):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        monkeypatch.setattr(os, "link", no_hard_links)
+        fail_os_link(monkeypatch, errno.EXDEV)
     convert_roboflow(src, tmp_path / "linked", link=True)
     for split in ("train", "valid", "test"):
         if not (tmp_path / "copied" / split).is_dir():
