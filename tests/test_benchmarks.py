@@ -104,6 +104,19 @@ def test_quick_converter(quick_results):
         assert run["kit"]["peak_rss"] > 0 and run["supervision"]["peak_rss"] > 0
 
 
+def test_converter_compiles_both_sides_bytecode_before_timing(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    modules = [tmp_path / "sam3_lora_kit" / "data" / "convert.py", tmp_path / "benchmarks" / "converter.py"]
+    for module in modules:
+        module.parent.mkdir(parents=True, exist_ok=True)
+        module.write_text("VALUE = 1\n", encoding="utf-8")
+    converter.compile_bytecode(tmp_path)
+    for module in modules:
+        assert Path(importlib.util.cache_from_source(str(module))).is_file(), module
+
+
 @pytest.mark.parametrize("train_images", [1, 45])
 def test_converter_inputs(tmp_path, train_images):
     from sam3_lora_kit.data import convert_roboflow, sample_data_dir
