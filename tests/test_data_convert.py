@@ -10,7 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from data_fixtures import (fail_os_link, tree_bytes, write_coco_export, write_masks_export,
+from data_fixtures import (fail_os_link, tree_bytes, write_coco_export, write_image, write_masks_export,
                            write_voc_export, write_yolo_export)
 from sam3_lora_kit.data import convert_roboflow
 from sam3_lora_kit.data.readers import detect_format
@@ -129,6 +129,29 @@ def test_masks_instances_are_components(tmp_path):
     coco = load_coco(tmp_path / "out/train/_annotations.coco.json")
     areas = sorted((coco.cats[a["category_id"]]["name"], a["area"]) for a in coco.anns.values())
     assert areas == [("crack", 48), ("crack", 150), ("rust", 32)]
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_names_that_differ_only_in_case_are_renamed(tmp_path, link):
+    """On macOS or Windows, img1.jpg and IMG1.jpg would be one file: the output keeps both images."""
+    src = write_yolo_export(tmp_path / "export")
+    extra = {"IMG1": "0 0.5 0.5 0.2 0.2\n", "Img1": "1 0.5 0.5 0.4 0.4\n0 0.2 0.2 0.1 0.1\n", "img1-2": ""}
+    for index, (stem, text) in enumerate(extra.items(), 10):
+        write_image(src / "train/images" / f"{stem}.jpg", 80, 60, index)
+        (src / "train/labels" / f"{stem}.txt").write_text(text)
+    report = convert_roboflow(src, tmp_path / "out", link=link)
+    coco = json.loads((tmp_path / "out/train/_annotations.coco.json").read_text())
+    names = [image["file_name"] for image in coco["images"]]
+    assert len({name.casefold() for name in names}) == len(names) == 7
+    renamed = set(names) - {path.name for path in (src / "train/images").iterdir()}
+    assert len(renamed) >= 2 and report.quirk_counts()["case_only_name"] == len(renamed)
+    sources = {(src / "train/images" / f"{stem}.jpg").read_bytes(): stem for stem in ["img1", *extra]}
+    boxes_per_image = {image["id"]: 0 for image in coco["images"]}
+    for ann in coco["annotations"]:
+        boxes_per_image[ann["image_id"]] += 1
+    written = {sources.get((tmp_path / "out/train" / image["file_name"]).read_bytes()): boxes_per_image[image["id"]]
+               for image in coco["images"]}
+    assert {stem: written[stem] for stem in ["img1", *extra]} == {"img1": 2, "IMG1": 1, "Img1": 2, "img1-2": 0}
 
 
 def test_link_makes_hard_links(tmp_path):

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from sam3_lora_kit.data.clean import CleanImage, clean_image
@@ -42,6 +43,27 @@ class SplitTracker:
 
     by_hash: dict[bytes, str] = field(default_factory=dict)  # sha256 digest -> "split/file"
     by_source: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (split, file)
+    names: dict[tuple[str, str], str] = field(default_factory=dict)  # (split, casefolded name) -> name as written
+
+    def portable_name(self, split: str, file_name: str, quirks: QuirkLog) -> str:
+        """``file_name``, or a new one where it differs only in case from an earlier name of ``split``.
+
+        A case-insensitive file system (macOS's and Windows' defaults) keeps one file of two such
+        names, so a converted dataset copied there would lose an image: the later one is renamed
+        ``<stem>-2<suffix>`` (or ``-3``, ...). An exact repeat is returned unchanged (the writer
+        refuses it).
+        """
+        first = self.names.setdefault((split, file_name.casefold()), file_name)
+        if first == file_name:
+            return file_name
+        path = PurePosixPath(file_name)
+        for number in itertools.count(2):
+            renamed = str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
+            if (split, renamed.casefold()) not in self.names:
+                break
+        self.names[(split, renamed.casefold())] = renamed
+        quirks.add("case_only_name", f"{split}/{file_name} -> {renamed} (differs from {first} only in case)")
+        return renamed
 
     def add(self, split: str, path: Path, file_name: str, quirks: QuirkLog, data: bytes | None = None) -> None:
         """Note the image ``path`` (its bytes ``data`` when already read) of ``split``."""
@@ -87,6 +109,7 @@ def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTrac
             check_strict(quirks, before)
         if image is None:
             continue
+        image.file_name = tracker.portable_name(split, image.file_name, quirks)
         tracker.add(split, raw.path, image.file_name, quirks, image.data)
         stats.images_out += 1
         stats.instances_out += len(image.annotations)
