@@ -107,6 +107,17 @@ def test_an_exports_own_link_outside_is_still_refused_next_to_a_kit_written_name
         convert_roboflow(src, tmp_path / "out")
 
 
+def test_a_link_to_another_split_of_the_export_is_refused_with_both_places_named(tmp_path):
+    """Inside the export but outside its split folder: the error says so and where the link points."""
+    import os
+
+    src = write_voc_export(tmp_path / "export")
+    (src / "train" / "f2.jpg").unlink()
+    os.symlink("../valid/v1.jpg", src / "train" / "f2.jpg")
+    with pytest.raises(DataError, match=r"'f2.jpg' is a link pointing outside its folder .*train \(to .*valid.v1\.jpg\)"):
+        convert_roboflow(src, tmp_path / "out")
+
+
 def test_output_under_a_file_names_that_file(tmp_path):
     src = write_voc_export(tmp_path / "export")
     (tmp_path / "afile").write_text("mine")

@@ -82,7 +82,8 @@ def safe_lookup(root: Path, name: str, where: str | Path, allow_link: bool = Fal
         if stat.S_ISLNK(mode):
             last = index == len(parts) - 1
             if not (last and allow_link) and not _real_inside(str(path), os.path.realpath(root)):
-                raise DataError(where, f"file {name!r} is a link pointing outside the export")
+                raise DataError(where, f"file {name!r} is a link pointing outside its folder {root} "
+                                       f"(to {os.path.realpath(path)})")
             return path, path.is_file()
     return path, stat.S_ISREG(mode)
 
