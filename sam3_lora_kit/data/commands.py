@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="export format (default: auto)")
     convert.add_argument("--link", action="store_true",
                          help="link images instead of copying them (hard links where the file system allows, "
-                              "else symbolic links; editing a linked image in place edits the source)")
+                              "else symbolic links; editing a linked image in place edits the source, while a "
+                              "source replaced by a new file later is seen by a symbolic link only)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     convert.add_argument("--strict", action="store_true", help="fail on any quirk that loses data")
     convert.add_argument("--allow-no-train", action="store_true", help="accept an export without train/")
