@@ -154,6 +154,20 @@ def test_names_that_differ_only_in_case_are_renamed(tmp_path, link):
     assert {stem: written[stem] for stem in ["img1", *extra]} == {"img1": 2, "IMG1": 1, "Img1": 2, "img1-2": 0}
 
 
+def test_case_only_renames_never_reuse_a_name_in_any_order():
+    from sam3_lora_kit.data.pipeline import SplitTracker
+    from sam3_lora_kit.data.quirks import QuirkLog
+
+    tracker, quirks = SplitTracker(), QuirkLog()
+    names = ["IMG1.jpg", "img1.jpg", "img1-2.jpg", "sub/A.png", "sub/a.png", "noext", "NOEXT"]
+    written = [tracker.portable_name("train", name, quirks) for name in names]
+    assert written == ["IMG1.jpg", "img1-2.jpg", "img1-2-2.jpg", "sub/A.png", "sub/a-2.png", "noext", "NOEXT-2"]
+    assert quirks.quirks["case_only_name"].count == 4
+    assert any("an earlier rename took img1-2.jpg" in example for example in quirks.quirks["case_only_name"].examples)
+    assert tracker.portable_name("train", "IMG1.jpg", quirks) == "IMG1.jpg"  # an exact repeat: the writer refuses it
+    assert tracker.portable_name("valid", "img1.jpg", quirks) == "img1.jpg"  # another split, another folder
+
+
 def test_link_makes_hard_links(tmp_path):
     src = write_voc_export(tmp_path / "export")
     convert_roboflow(src, tmp_path / "out", link=True)

@@ -44,25 +44,29 @@ class SplitTracker:
     by_hash: dict[bytes, str] = field(default_factory=dict)  # sha256 digest -> "split/file"
     by_source: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (split, file)
     names: dict[tuple[str, str], str] = field(default_factory=dict)  # (split, casefolded name) -> name as written
+    renamed: set[tuple[str, str]] = field(default_factory=set)  # keys of ``names`` that a rename made
 
     def portable_name(self, split: str, file_name: str, quirks: QuirkLog) -> str:
         """``file_name``, or a new one where it differs only in case from an earlier name of ``split``.
 
         A case-insensitive file system (macOS's and Windows' defaults) keeps one file of two such
         names, so a converted dataset copied there would lose an image: the later one is renamed
-        ``<stem>-2<suffix>`` (or ``-3``, ...). An exact repeat is returned unchanged (the writer
-        refuses it).
+        ``<stem>-2<suffix>`` (or ``-3``, ...), as is a name that an earlier rename took. An exact
+        repeat of a name is returned unchanged (the writer refuses it).
         """
-        first = self.names.setdefault((split, file_name.casefold()), file_name)
-        if first == file_name:
+        key = (split, file_name.casefold())
+        first = self.names.setdefault(key, file_name)
+        if first == file_name and key not in self.renamed:
             return file_name
         path = PurePosixPath(file_name)
         for number in itertools.count(2):
             renamed = str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
             if (split, renamed.casefold()) not in self.names:
                 break
+        why = f"an earlier rename took {first}" if key in self.renamed else f"differs from {first} only in case"
         self.names[(split, renamed.casefold())] = renamed
-        quirks.add("case_only_name", f"{split}/{file_name} -> {renamed} (differs from {first} only in case)")
+        self.renamed.add((split, renamed.casefold()))
+        quirks.add("case_only_name", f"{split}/{file_name} -> {renamed} ({why})")
         return renamed
 
     def add(self, split: str, path: Path, file_name: str, quirks: QuirkLog, data: bytes | None = None) -> None:
