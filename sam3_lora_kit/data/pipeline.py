@@ -113,8 +113,8 @@ def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTrac
             check_strict(quirks, before)
         if image is None:
             continue
+        tracker.add(split, raw.path, image.file_name, quirks, image.data)  # the export's name: what the user finds
         image.file_name = tracker.portable_name(split, image.file_name, quirks)
-        tracker.add(split, raw.path, image.file_name, quirks, image.data)
         stats.images_out += 1
         stats.instances_out += len(image.annotations)
         for ann in image.annotations:
