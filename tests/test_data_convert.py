@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 
 from data_fixtures import (fail_os_link, tree_bytes, write_coco_export, write_image, write_masks_export,
                            write_voc_export, write_yolo_export)
-from sam3_lora_kit.data import convert_roboflow
+from sam3_lora_kit.data import DataError, convert_roboflow
 from sam3_lora_kit.data.readers import detect_format
 
 WRITERS = {"coco": write_coco_export, "yolo": write_yolo_export, "voc": write_voc_export,
@@ -145,6 +145,11 @@ def test_names_that_differ_only_in_case_are_renamed(tmp_path, link):
     assert len({name.casefold() for name in names}) == len(names) == 7
     renamed = set(names) - {path.name for path in (src / "train/images").iterdir()}
     assert len(renamed) >= 2 and report.quirk_counts()["case_only_name"] == len(renamed)
+    export_names = {image["file_name"]: image.get("extra", {}).get("name") for image in coco["images"]}
+    for name, export_name in export_names.items():
+        assert (export_name is not None) == (name in renamed)
+        if export_name is not None:  # the export's file with that name holds the bytes written under the new one
+            assert (src / "train/images" / export_name).read_bytes() == (tmp_path / "out/train" / name).read_bytes()
     sources = {(src / "train/images" / f"{stem}.jpg").read_bytes(): stem for stem in ["img1", *extra]}
     boxes_per_image = {image["id"]: 0 for image in coco["images"]}
     for ann in coco["annotations"]:
@@ -155,17 +160,37 @@ def test_names_that_differ_only_in_case_are_renamed(tmp_path, link):
 
 
 def test_case_only_renames_never_reuse_a_name_in_any_order():
+    import unicodedata
+
     from sam3_lora_kit.data.pipeline import SplitTracker
     from sam3_lora_kit.data.quirks import QuirkLog
 
     tracker, quirks = SplitTracker(), QuirkLog()
-    names = ["IMG1.jpg", "img1.jpg", "img1-2.jpg", "sub/A.png", "sub/a.png", "noext", "NOEXT"]
+    cafe_nfc, cafe_nfd = (unicodedata.normalize(form, "caf\u00e9.jpg") for form in ("NFC", "NFD"))
+    names = ["IMG1.jpg", "img1.jpg", "img1-2.jpg", "sub/A.png", "sub/a.png", "noext", "NOEXT", ".jpg", ".JPG",
+             cafe_nfc, cafe_nfd]
     written = [tracker.portable_name("train", name, quirks) for name in names]
-    assert written == ["IMG1.jpg", "img1-2.jpg", "img1-2-2.jpg", "sub/A.png", "sub/a-2.png", "noext", "NOEXT-2"]
-    assert quirks.quirks["case_only_name"].count == 4
+    assert written == ["IMG1.jpg", "img1-2.jpg", "img1-2-2.jpg", "sub/A.png", "sub/a-2.png", "noext", "NOEXT-2",
+                       ".jpg", "_2.JPG", cafe_nfc, unicodedata.normalize("NFD", "caf\u00e9-2.jpg")]
+    assert quirks.quirks["case_only_name"].count == 6
     assert any("an earlier rename took img1-2.jpg" in example for example in quirks.quirks["case_only_name"].examples)
-    assert tracker.portable_name("train", "IMG1.jpg", quirks) == "IMG1.jpg"  # an exact repeat: the writer refuses it
+    # an exact repeat gets its first occurrence's name, so the writer refuses it
+    assert [tracker.portable_name("train", name, quirks) for name in ("IMG1.jpg", "img1.jpg")] == ["IMG1.jpg", "img1-2.jpg"]
+    assert quirks.quirks["case_only_name"].count == 6
     assert tracker.portable_name("valid", "img1.jpg", quirks) == "img1.jpg"  # another split, another folder
+
+
+def test_an_exact_repeat_of_a_renamed_name_is_still_refused(tmp_path):
+    src = write_coco_export(tmp_path / "export")
+    doc_path = src / "train" / "_annotations.coco.json"
+    doc = json.loads(doc_path.read_text())
+    first = doc["images"][0]
+    write_image(src / "train" / first["file_name"].upper(), first["width"], first["height"], 7)
+    for image_id in (901, 902):
+        doc["images"].append({**first, "id": image_id, "file_name": first["file_name"].upper()})
+    doc_path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="appears twice in one split"):
+        convert_roboflow(src, tmp_path / "out")
 
 
 def test_link_makes_hard_links(tmp_path):

@@ -21,6 +21,7 @@ class CleanImage:
     annotations: list[dict] = field(default_factory=list)  # category (name), segmentation, bbox, area, iscrowd
     dropped: int = 0  # annotations left out
     data: bytes | None = field(default=None, repr=False)  # the file's bytes, read once (dropped once written)
+    export_name: str | None = None  # the export's file name where ``file_name`` had to differ from it
 
 
 def clean_annotation(raw: RawAnnotation, width: int, height: int, declared: tuple[int, int] | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -43,31 +44,40 @@ class SplitTracker:
 
     by_hash: dict[bytes, str] = field(default_factory=dict)  # sha256 digest -> "split/file"
     by_source: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (split, file)
-    names: dict[tuple[str, str], str] = field(default_factory=dict)  # (split, casefolded name) -> name as written
+    names: dict[tuple[str, str], str] = field(default_factory=dict)  # (split, folded name) -> the first name written
     renamed: set[tuple[str, str]] = field(default_factory=set)  # keys of ``names`` that a rename made
+    written: dict[tuple[str, str], str] = field(default_factory=dict)  # (split, export's name) -> name written
 
     def portable_name(self, split: str, file_name: str, quirks: QuirkLog) -> str:
-        """``file_name``, or a new one where it differs only in case from an earlier name of ``split``.
+        """``file_name``, or a new one where another name of ``split`` differs from it only in case.
 
-        A case-insensitive file system (macOS's and Windows' defaults) keeps one file of two such
-        names, so a converted dataset copied there would lose an image: the later one is renamed
-        ``<stem>-2<suffix>`` (or ``-3``, ...), as is a name that an earlier rename took. An exact
-        repeat of a name is returned unchanged (the writer refuses it).
+        A case-insensitive file system (macOS's and Windows' defaults; macOS also ignores the
+        Unicode normalisation form) may keep one file of two such names, so a converted dataset
+        copied there would lose an image: the later one is renamed ``<stem>-2<suffix>`` (or
+        ``-3``, ...), as is a name that an earlier rename took. An exact repeat of an export name
+        gets the name its first occurrence got (the writer refuses it).
         """
-        key = (split, file_name.casefold())
+        done = self.written.get((split, file_name))
+        if done is not None:
+            return done
+        key = (split, _folded(file_name))
         first = self.names.setdefault(key, file_name)
-        if first == file_name and key not in self.renamed:
-            return file_name
-        path = PurePosixPath(file_name)
-        for number in itertools.count(2):
-            renamed = str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
-            if (split, renamed.casefold()) not in self.names:
-                break
-        why = f"an earlier rename took {first}" if key in self.renamed else f"differs from {first} only in case"
-        self.names[(split, renamed.casefold())] = renamed
-        self.renamed.add((split, renamed.casefold()))
-        quirks.add("case_only_name", f"{split}/{file_name} -> {renamed} ({why})")
-        return renamed
+        result = file_name
+        if first != file_name or key in self.renamed:
+            path = PurePosixPath(file_name)
+            for number in itertools.count(2):
+                if path.suffix or not path.name.startswith("."):
+                    result = str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
+                else:  # ".JPG": keep the name's end, which is its extension
+                    result = str(path.with_name(f"_{number}{path.name}"))
+                if (split, _folded(result)) not in self.names:
+                    break
+            why = f"an earlier rename took {first}" if key in self.renamed else f"may be one file with {first}"
+            self.names[(split, _folded(result))] = result
+            self.renamed.add((split, _folded(result)))
+            quirks.add("case_only_name", f"{split}/{file_name} -> {result} ({why})")
+        self.written[(split, file_name)] = result
+        return result
 
     def add(self, split: str, path: Path, file_name: str, quirks: QuirkLog, data: bytes | None = None) -> None:
         """Note the image ``path`` (its bytes ``data`` when already read) of ``split``."""
@@ -81,6 +91,11 @@ class SplitTracker:
             seen = self.by_source.setdefault(match["source"], (split, file_name))
             if seen[0] != split:
                 quirks.add("same_source_between_splits", f"{seen[0]}/{seen[1]} ~ {here}")
+
+
+def _folded(name: str) -> str:
+    """``name`` as a case- and normalisation-insensitive file system compares it (Unicode caseless matching)."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
 
 
 # What each data-losing quirk is, said as a problem (the quirk messages say what the lenient mode did).
@@ -114,7 +129,9 @@ def iter_split(reader: Reader, split: str, stats: SplitStats, tracker: SplitTrac
         if image is None:
             continue
         tracker.add(split, raw.path, image.file_name, quirks, image.data)  # the export's name: what the user finds
-        image.file_name = tracker.portable_name(split, image.file_name, quirks)
+        written = tracker.portable_name(split, image.file_name, quirks)
+        if written != image.file_name:
+            image.file_name, image.export_name = written, image.file_name
         stats.images_out += 1
         stats.instances_out += len(image.annotations)
         for ann in image.annotations:

@@ -35,7 +35,8 @@ QUIRK_KINDS: dict[str, tuple[str, str]] = {
     "orphan_label": ("dropped", "label or annotation file without an image; skipped"),
     "background_class": ("info", "mask class treated as background (no instances)"),
     "missing_split": ("info", "split not present in the export"),
-    "case_only_name": ("fixed", "file name differs from another of its split only in case (one file on macOS or Windows): renamed"),
+    "case_only_name": ("fixed", "file name differs from another of its split only in case (may be one file on macOS or "
+                                "Windows): renamed on conversion, the export's name kept in the image's extra.name"),
     "linked_as_copy": ("info", "images from a .zip are copied, not linked"),
     "linked_into_output": ("info", "image lives in the output folder being replaced (a link would dangle): copied, not linked"),
     "old_output_left": ("info", "the output was replaced, but the old one could not be deleted: delete this folder"),

@@ -194,6 +194,8 @@ class SplitWriter:
         image.data = None
         self.num_images += 1
         record = {"id": self.num_images, "file_name": image.file_name, "width": image.width, "height": image.height}
+        if image.export_name is not None:  # renamed: the export's name, where Roboflow's COCO keeps it
+            record["extra"] = {"name": image.export_name}
         self._append(self._images, self.num_images == 1, [record])
         annotations = []
         for ann in image.annotations:
