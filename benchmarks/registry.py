@@ -8,9 +8,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BENCHMARKS = ("benchmarks.lora_layers", "benchmarks.attention", "benchmarks.train_step", "benchmarks.activations",
-              "benchmarks.sam3_presets", "benchmarks.converter",
-              "benchmarks.notebooks")
+BENCHMARKS = ("benchmarks.lora_layers", "benchmarks.lora_profile", "benchmarks.attention", "benchmarks.train_step",
+              "benchmarks.activations", "benchmarks.sam3_presets", "benchmarks.converter", "benchmarks.notebooks")
 
 
 def load(names: list[str] | None = None) -> list[ModuleType]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repository root
-from benchmarks import converter, lora_layers, registry, train_step  # noqa: E402
+from benchmarks import converter, lora_layers, lora_profile, registry, train_step  # noqa: E402
 from benchmarks.common import summarise  # noqa: E402
 
 
@@ -47,6 +47,40 @@ def test_quick_json_structure(quick_results):
     assert all(case["vs_peft"]["ratio"]["lora"] > 0 for case in body["mha"])
     assert set(body["goals"]) == set(lora_layers.GOALS)
     assert all(isinstance(goal["met"], bool) for goal in body["goals"].values())
+
+
+def test_quick_lora_profile_splits_the_kits_extra_time(quick_results):
+    body = json.loads((quick_results / "lora_profile.json").read_text(encoding="utf-8"))["result"]
+    (case,) = body["cases"]
+    for name in ("base", "kit"):
+        assert sum(case["categories_ms"][name].values()) == pytest.approx(case["profiled_ms"][name])
+    # the frozen layer runs two big GEMMs and no rank-sized product; the kit runs both kinds
+    assert case["categories_ms"]["base"]["rank-sized products"] == 0
+    assert case["categories_ms"]["base"]["big GEMMs"] > 0.5 * case["profiled_ms"]["base"]
+    assert case["categories_ms"]["kit"]["rank-sized products"] > 0 and case["categories_ms"]["kit"]["big GEMMs"] > 0
+    big = [row for row in case["operators"]["base"] if row["category"] == "big GEMMs"]
+    assert sum(row["calls_per_step"] for row in big) == 2
+    assert case["timing"]["ratio"]["kit"] > 0
+    assert "Where LoRALinear's time goes" in (quick_results / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name,shapes,expected", [
+    ("aten::mm", [[5184, 256], [256, 256]], "big GEMMs"),
+    ("aten::addmm", [[264], [5184, 256], [256, 264]], "big GEMMs"),
+    ("aten::addmm", [[5184, 8], [5184, 256], [256, 8]], "rank-sized products"),
+    ("aten::bmm", [[4, 8, 1296], [4, 1296, 256]], "rank-sized products"),
+    ("aten::mm", [], "rank-sized products"),
+    ("aten::copy_", [[5184, 264], [5184, 264]], "copies and element-wise"),
+    ("aten::view", [[5184, 256]], "the rest"),
+])
+def test_lora_profile_categories(name, shapes, expected):
+    assert lora_profile.category(name, shapes, big_flops=5184 * 256 * 256) == expected
+
+
+def test_lora_profile_matmul_flops():
+    assert lora_profile.matmul_flops("aten::addmm", [[3], [2, 5], [5, 3]]) == 2 * 2 * 5 * 3
+    assert lora_profile.matmul_flops("aten::bmm", [[4, 2, 5], [4, 5, 3]]) == 4 * 2 * 2 * 5 * 3
+    assert lora_profile.matmul_flops("aten::copy_", [[2, 2], [2, 2]]) is None
 
 
 def test_quick_readme_and_plot(quick_results):
@@ -165,7 +199,8 @@ def test_cuda_results_get_their_own_file():
 
 def test_registry_lists_every_benchmark():
     names = {module.NAME for module in registry.load()}
-    assert names == {"lora_layers", "attention", "train_step", "activations", "sam3_presets", "converter", "notebooks"}
+    assert names == {"lora_layers", "lora_profile", "attention", "train_step", "activations", "sam3_presets", "converter",
+                     "notebooks"}
 
 
 @pytest.mark.parametrize("in_features,out_features", lora_layers.SHAPES)
