@@ -5,16 +5,20 @@ For a few SAM 3 shapes at 5184 tokens (a 1008 px image), forward + backward of t
 under ``torch.profiler``, and every operator's self CPU time is summed by kind:
 
 - big GEMMs: matrix products with at least half a base product's FLOPs (``x @ W^T``, ``grad_y @ W``);
-- rank-sized products: the other matrix products (``x @ A^T``, ``grad_y @ B``, ``B @ A``, the two
-  reductions over tokens that give ``grad_A`` and ``grad_B``);
+- rank-sized products: the other matrix products (``grad_y @ B``, ``B @ A`` where the weight
+  ``W + s B A`` is rebuilt, forward and backward, and the two reductions over tokens that give
+  ``grad_A`` and ``grad_B``; on this path ``x @ A^T`` rides in the forward GEMM's extra columns,
+  and a product whose shapes were not recorded counts here too);
 - copies and element-wise operators (``copy_``, ``clone``, ``cat``, ``zero_``, ``mul``, ``sum``, ...);
 - the rest: the custom autograd function's own Python, views, allocation, autograd bookkeeping.
 
 The kit's extra time over the base, split this way, says what a 1.10x goal is up against. The
 profiler adds a cost per operator (more to the kit's dozen small operators than to the base's
-two), so profiled totals exceed real ones; each variant's time without the profiler is measured
-too (median of paired samples, as in ``lora_layers``). CPU only: on a GPU the operators' self CPU
-time is launch overhead, not their run time.
+two) and counts no time between operators, so profiled totals differ from real ones; each
+variant's time without the profiler is measured too (median of paired samples, as in
+``lora_layers``), and each round's profiled kit/base ratio is kept, whose spread shows the
+profile's own noise. CPU only: on a GPU the operators' self CPU time is launch overhead, not
+their run time.
 """
 from __future__ import annotations
 
@@ -68,8 +72,10 @@ def category(name: str, shapes: list[list[int]], big_flops: float) -> str:
     return CATEGORIES[2] if name in ELEMENTWISE else CATEGORIES[3]
 
 
-def profile_rounds(steps_by_name: dict, steps: int, rounds: int, big_flops: float) -> dict[str, list[dict]]:
-    """Self CPU time per step of every (operator, input shapes), per variant, largest first.
+def profile_rounds(steps_by_name: dict, steps: int, rounds: int,
+                   big_flops: float) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
+    """Self CPU time per step of every (operator, input shapes), per variant, largest first; and
+    each round's total (ms per step), per variant.
 
     The variants take turns (``rounds`` rounds of ``steps // rounds`` steps each, the order reversed
     every round), so a drift in the machine's speed reaches all of them alike.
@@ -79,6 +85,7 @@ def profile_rounds(steps_by_name: dict, steps: int, rounds: int, big_flops: floa
     per_round = max(1, steps // rounds)
     sums: dict[str, dict[tuple, list]] = {name: {} for name in steps_by_name}  # (op, shapes) -> [shapes, us, calls]
     names = list(steps_by_name)
+    round_totals: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -89,6 +96,7 @@ def profile_rounds(steps_by_name: dict, steps: int, rounds: int, big_flops: floa
                 entry = sums[name].setdefault((event.key, repr(shapes)), [shapes, 0.0, 0])
                 entry[1] += event.self_cpu_time_total
                 entry[2] += event.count
+            round_totals[name].append(sum(event.self_cpu_time_total for event in prof.key_averages()) / per_round / 1000)
     total_steps = per_round * rounds
     profiles = {}
     for name, entries in sums.items():
@@ -96,7 +104,7 @@ def profile_rounds(steps_by_name: dict, steps: int, rounds: int, big_flops: floa
                  "self_ms_per_step": micros / total_steps / 1000, "category": category(op, shapes, big_flops)}
                 for (op, _), (shapes, micros, calls) in entries.items() if micros > 0]
         profiles[name] = sorted(rows, key=lambda row: -row["self_ms_per_step"])
-    return profiles
+    return profiles, round_totals
 
 
 def by_category(rows: list[dict]) -> dict[str, float]:
@@ -133,7 +141,7 @@ def _case(in_features: int, out_features: int, rank: int, tokens: int, settings:
         for _ in range(3):  # warm-up: allocator, thread pool, first-call paths
             step()
     big_flops = tokens * in_features * out_features  # half of 2 N in out
-    profiles = profile_rounds(steps_by_name, steps, rounds, big_flops)
+    profiles, round_totals = profile_rounds(steps_by_name, steps, rounds, big_flops)
     budget = 0.0 if settings.quick else TIMING_BUDGET_S
     timing = summarise(interleaved_times(steps_by_name, settings, MIN_SAMPLE_S, budget), "base")
     categories = {name: by_category(rows) for name, rows in profiles.items()}
@@ -141,7 +149,8 @@ def _case(in_features: int, out_features: int, rank: int, tokens: int, settings:
             "profiled_ms": {name: sum(totals.values()) for name, totals in categories.items()},
             "categories_ms": categories,
             "extra_ms": {key: categories["kit"][key] - categories["base"][key] for key in CATEGORIES},
-            "operators": {name: rows[:12] for name, rows in profiles.items()},
+            "profiled_rounds_ms": round_totals,
+            "operators": profiles,
             "timing": timing}
 
 
@@ -165,27 +174,33 @@ def _ms_and_share(value: float, reference: float) -> str:
 
 def report(result: dict, out_dir) -> str:
     body = result["result"]
+    parameters = body["parameters"]
     lines = [f"## {TITLE}", "",
              "Forward + backward of the frozen `nn.Linear` and of `LoRALinear` (fused path, rank as given, "
-             f"{body['parameters']['tokens']} tokens, float32), {body['parameters']['steps']} steps each under "
-             f"`torch.profiler`, in {body['parameters']['rounds']} alternating turns; every operator's self CPU time per step, summed by kind. \"Extra\" is the kit's "
-             "time in that kind less the base's, in ms per step and as a share of the base's profiled step. "
-             "Big GEMMs: matrix products with at least half a base product's FLOPs; rank-sized products: the "
-             "other matrix products (x A^T, grad_y B, B A, the two reductions over tokens); the rest: the "
-             "custom autograd function's Python, views, allocation and autograd bookkeeping. The profiler "
-             "adds a cost per operator, so the last columns give each variant's time without it (paired samples).",
-             ""]
+             f"{parameters['tokens']} tokens, float32), {parameters['steps']} steps each under `torch.profiler`, in "
+             f"{parameters.get('rounds', 1)} alternating turns; every operator's self CPU time per step, summed by kind. "
+             "\"Extra\" is the kit's time in that kind less the base's, in ms per step and as a share of the base's "
+             "profiled step. Big GEMMs: matrix products with at least half a base product's FLOPs (the kit's carry "
+             "its extra rank columns: `x A^T` forward, `grad_y B` backward where out > 2 in); rank-sized products: "
+             "the other matrix products (`grad_y B`, `B A` where the weight is rebuilt, the two reductions over "
+             "tokens that give `grad_A` and `grad_B`); the rest: the custom autograd function's Python, views, "
+             "allocation and autograd bookkeeping. The profiler adds a cost per operator (more to the kit's dozen "
+             "small operators than to the base's two) and counts no time between operators, so the profiled "
+             "ratio (with its spread over the turns, the profile's own noise) differs from the ratio without the "
+             "profiler, measured in paired samples in the last columns.", ""]
     if not body["cases"]:
         return "\n".join(lines + [body.get("note", "no cases")])
     rows = []
     for case in body["cases"]:
         base_ms = case["profiled_ms"]["base"]
         timing = case["timing"]
+        turns = [kit / base for base, kit in zip(case["profiled_rounds_ms"]["base"], case["profiled_rounds_ms"]["kit"])]
         rows.append([f"{case['in']}x{case['out']}", str(case["rank"]), f"{base_ms:.2f}", f"{case['profiled_ms']['kit']:.2f}",
+                     f"{case['profiled_ms']['kit'] / base_ms:.3f} ({min(turns):.2f}-{max(turns):.2f})",
                      *(_ms_and_share(case["extra_ms"][key], base_ms) for key in CATEGORIES),
                      f"{timing['median_s']['base'] * 1000:.2f}", f"{timing['median_s']['kit'] * 1000:.2f}",
                      f"{timing['ratio']['kit']:.3f}", str(len(timing["times_s"]["base"]))])
-    lines.append(markdown_table(["in x out", "rank", "profiled base ms", "profiled kit ms",
+    lines.append(markdown_table(["in x out", "rank", "profiled base ms", "profiled kit ms", "profiled kit/base (turns)",
                                  *(f"extra: {key}" for key in CATEGORIES),
                                  "base ms, no profiler", "kit ms, no profiler", "kit/base, no profiler", "pairs"], rows))
     lines += ["", "The kit's largest operators (self CPU time per step):", ""]

@@ -61,6 +61,7 @@ def test_quick_lora_profile_splits_the_kits_extra_time(quick_results):
     big = [row for row in case["operators"]["base"] if row["category"] == "big GEMMs"]
     assert sum(row["calls_per_step"] for row in big) == 2
     assert case["timing"]["ratio"]["kit"] > 0
+    assert [len(case["profiled_rounds_ms"][name]) for name in ("base", "kit")] == [body["parameters"]["rounds"]] * 2
     assert "Where LoRALinear's time goes" in (quick_results / "README.md").read_text(encoding="utf-8")
 
 
