@@ -5,7 +5,8 @@ Three comparisons, each timed interleaved in one run (see ``common.interleaved_t
   with a 1008 px image's 72 x 72 = 5184 tokens per image; ``lora_inplace`` is the kit's
   other formulation (low-rank products added into the base products) forced on, to show
   why the layer picks the fused one at these sizes;
-- a transformer block with LoRA merged against the same block without LoRA (the limit);
+- a transformer block with LoRA merged against the same block without LoRA (the limit), beside an
+  unchanged copy of the block (a control: the noise of the run);
 - ``LoRAMultiheadAttention`` against PEFT's MultiheadAttention LoRA and ``nn.MultiheadAttention``.
 Memory: bytes autograd saves for backward (exact, any device) and, on CUDA, peak allocated.
 
@@ -56,7 +57,7 @@ LINEAR_MIN_REPEATS = 9  # full run: paired kit/base ratios spread about +-10 % o
 # Full run: seconds of timed samples per case (per mode for the merged block); cheap cases then
 # take up to MAX_REPEATS rounds instead of the minimum. Quick runs keep the requested repeats.
 LINEAR_BUDGET_S = 20.0
-MERGED_BUDGET_S = 150.0
+MERGED_BUDGET_S = 220.0
 MHA_BUDGET_S = 90.0
 MAX_REPEATS = 41
 # merged vs base: the true ratio is 1 (same kernels), and the paired ratios of a 5184-token block
@@ -201,7 +202,9 @@ def _linear_case(in_features: int, out_features: int, batch: int, rank: int, tok
 def _merged_case(tokens: int, settings: Settings) -> dict:
     """A 256-wide transformer block (SAM 3's encoder/decoder width): merged LoRA against no LoRA.
 
-    Both run the same kernels, so this case gets at least ``MERGED_MIN_REPEATS`` samples.
+    Both run the same kernels, so this case gets at least ``MERGED_MIN_REPEATS`` samples; an
+    unchanged deep copy of the block runs beside them ("copy"), a control whose ratio to the
+    block is this run's noise alone (the same kernels on other memory).
     """
     from sam3_lora_kit.lora import inject_lora, merge_lora
 
@@ -209,6 +212,7 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
     settings = dataclasses.replace(settings, repeats=max(settings.repeats, MERGED_MIN_REPEATS))
     torch.manual_seed(0)
     base = nn.TransformerEncoderLayer(256, 8, 2048, dropout=0.0, batch_first=True, device=device).requires_grad_(False)
+    control = copy.deepcopy(base)
     merged = copy.deepcopy(base)
     inject_lora(merged, ["self_attn", "linear1", "linear2"], rank=8, alpha=16)
     _randomise_lora(merged)
@@ -218,7 +222,8 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
     grad = torch.randn(1, tokens, 256, device=device)
     budget = _budget(settings, MERGED_BUDGET_S)
     out = {"tokens": tokens, "embed_dim": 256, "rank": 8}
-    train = {name: _train_step(module, x, grad) for name, module in (("base", base), ("merged", merged))}
+    modules = {"base": base, "copy": control, "merged": merged}
+    train = {name: _train_step(module, x, grad) for name, module in modules.items()}
     out["train"] = summarise(interleaved_times(train, settings, MIN_SAMPLE_S, budget, MERGED_MAX_REPEATS), "base")
     x_eval = x.detach()
 
@@ -228,8 +233,9 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
                 return module(x_eval)
         return run
 
-    base.eval(), merged.eval()
-    infer = {"base": inference(base), "merged": inference(merged)}
+    for module in modules.values():
+        module.eval()
+    infer = {name: inference(module) for name, module in modules.items()}
     out["inference"] = summarise(interleaved_times(infer, settings, MIN_SAMPLE_S, budget, MERGED_MAX_REPEATS), "base")
     out["repeats"] = {mode: len(out[mode]["times_s"]["base"]) for mode in ("train", "inference")}
     return out
@@ -391,11 +397,15 @@ def report(result: dict, out_dir) -> str:
     lines += ["", "### Merged LoRA against no LoRA (256-wide transformer block, rank 8)", ""]
     lines += [f"A merged LoRA layer runs its base module unchanged, so both columns time the same kernels and the "
               f"ratio's distance from 1 is measurement noise ({_span(_pairs(c[mode]) for c in body['merged'] for mode in ('train', 'inference'))} "
-              f"paired samples per variant, each at least {body['parameters'].get('min_sample_s', 0) * 1000:.0f} ms).", ""]
+              f"paired samples per variant, each at least {body['parameters'].get('min_sample_s', 0) * 1000:.0f} ms). "
+              "Control: an unchanged deep copy of the block, timed in the same rounds; its ratio to the block is "
+              "the noise of this run alone.", ""]
     rows = [[c["tokens"], mode, fmt_ms(c[mode]["median_s"]["base"]), fmt_ms(c[mode]["median_s"]["merged"]),
-             fmt_ratio(c[mode]["ratio"]["merged"]), _spread(c[mode], "merged", "base"), _pairs(c[mode])]
+             fmt_ratio(c[mode]["ratio"]["merged"]), _spread(c[mode], "merged", "base"),
+             fmt_ratio(c[mode]["ratio"].get("copy")), _spread(c[mode], "copy", "base"), _pairs(c[mode])]
             for c in body["merged"] for mode in ("train", "inference")]
-    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base", "paired ratios q1-q3", "pairs"], rows))
+    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base", "paired ratios q1-q3",
+                                 "control: copy/base", "control q1-q3", "pairs"], rows))
     lines += ["", "### Multi-head attention (E=256, 8 heads, rank 8, self-attention, fwd+bwd)", ""]
     rows = [[c["tokens"], fmt_ms(c["vs_base"]["median_s"]["base"]), fmt_ms(c["vs_base"]["median_s"]["lora"]),
              fmt_ms(c["vs_base"]["median_s"]["peft"]), fmt_ratio(c["vs_base"]["ratio"]["lora"]),
