@@ -87,7 +87,7 @@ def _peft_wrap(module: nn.Module, rank: int, alpha: float) -> nn.Module:
     return get_peft_model(_Holder("layer", module), config).base_model.model.layer
 
 
-def _randomise_lora(module: nn.Module) -> None:
+def randomise_lora(module: nn.Module) -> None:
     """Non-zero B everywhere (a fresh adapter has B = 0), so every variant computes a real update."""
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -96,7 +96,8 @@ def _randomise_lora(module: nn.Module) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator).to(param) * 0.02)
 
 
-def _train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, attention: bool = False):
+def fwd_bwd_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, attention: bool = False):
+    """A call that clears the gradients, then runs ``module`` forward on ``x`` and backward with ``grad``."""
     def step() -> torch.Tensor:
         x.grad = None
         for param in module.parameters():
@@ -166,11 +167,11 @@ def _linear_case(in_features: int, out_features: int, batch: int, rank: int, tok
     base = nn.Linear(in_features, out_features, device=device).requires_grad_(False)
     ours = LoRALinear(copy.deepcopy(base), rank, 2 * rank)
     peft = _peft_wrap(copy.deepcopy(base), rank, 2 * rank)
-    _randomise_lora(ours), _randomise_lora(peft)
+    randomise_lora(ours), randomise_lora(peft)
     x = torch.randn(batch, tokens, in_features, device=device, requires_grad=True)  # (B, N, in)
     grad = torch.randn(batch, tokens, out_features, device=device)  # (B, N, out)
     modules = {"base": base, "lora": ours, "peft": peft}
-    steps = {name: _train_step(module, x, grad) for name, module in modules.items()}
+    steps = {name: fwd_bwd_step(module, x, grad) for name, module in modules.items()}
     forwards = {name: _forward(module, x) for name, module in modules.items()}
     if with_inplace:
         fused_now = layers._use_fused(x, base.weight)
@@ -215,7 +216,7 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
     control = copy.deepcopy(base)
     merged = copy.deepcopy(base)
     inject_lora(merged, ["self_attn", "linear1", "linear2"], rank=8, alpha=16)
-    _randomise_lora(merged)
+    randomise_lora(merged)
     merge_lora(merged)
     merged.requires_grad_(False)
     x = torch.randn(1, tokens, 256, device=device, requires_grad=True)
@@ -223,7 +224,7 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
     budget = _budget(settings, MERGED_BUDGET_S)
     out = {"tokens": tokens, "embed_dim": 256, "rank": 8}
     modules = {"base": base, "copy": control, "merged": merged}
-    train = {name: _train_step(module, x, grad) for name, module in modules.items()}
+    train = {name: fwd_bwd_step(module, x, grad) for name, module in modules.items()}
     out["train"] = summarise(interleaved_times(train, settings, MIN_SAMPLE_S, budget, MERGED_MAX_REPEATS), "base")
     x_eval = x.detach()
 
@@ -251,11 +252,11 @@ def _mha_case(embed_dim: int, heads: int, tokens: int, rank: int, settings: Sett
     base = nn.MultiheadAttention(embed_dim, heads, batch_first=True, device=device).requires_grad_(False)
     ours = LoRAMultiheadAttention(copy.deepcopy(base), rank, 2 * rank, targets=("q", "k", "v", "out"))
     peft = _peft_wrap(copy.deepcopy(base), rank, 2 * rank)
-    _randomise_lora(ours), _randomise_lora(peft)
+    randomise_lora(ours), randomise_lora(peft)
     x = torch.randn(1, tokens, embed_dim, device=device, requires_grad=True)
     grad = torch.randn(1, tokens, embed_dim, device=device)
     modules = {"base": base, "lora": ours, "peft": peft}
-    steps = {name: _train_step(module, x, grad, attention=True) for name, module in modules.items()}
+    steps = {name: fwd_bwd_step(module, x, grad, attention=True) for name, module in modules.items()}
     forwards = {name: _forward(module, x, attention=True) for name, module in modules.items()}
     times = interleaved_times(steps, settings, MIN_SAMPLE_S, _budget(settings, MHA_BUDGET_S), MAX_REPEATS)
     result = {"embed_dim": embed_dim, "heads": heads, "tokens": tokens, "rank": rank, "repeats": len(times["base"]),

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import Settings, interleaved_times, markdown_table, summarise
+from benchmarks.lora_layers import fwd_bwd_step, randomise_lora
 
 NAME = "lora_profile"
 TITLE = "Where LoRALinear's time goes: per-operator profile against the frozen layer"
@@ -124,19 +125,10 @@ def _case(in_features: int, out_features: int, rank: int, tokens: int, settings:
     kit = LoRALinear(nn.Linear(in_features, out_features), rank, alpha=2.0 * rank)
     with torch.no_grad():
         kit.base_layer.load_state_dict(base.state_dict())
-        kit.lora_B.normal_(0.0, 0.02)
+    randomise_lora(kit)
     x = torch.randn(1, tokens, in_features, requires_grad=True)  # (1, N, in)
     grad = torch.randn(1, tokens, out_features)  # (1, N, out)
-
-    def step_of(module: nn.Module):
-        def step() -> None:
-            x.grad = None
-            for param in module.parameters():
-                param.grad = None
-            module(x).backward(grad)
-        return step
-
-    steps_by_name = {"base": step_of(base), "kit": step_of(kit)}
+    steps_by_name = {"base": fwd_bwd_step(base, x, grad), "kit": fwd_bwd_step(kit, x, grad)}
     for step in steps_by_name.values():
         for _ in range(3):  # warm-up: allocator, thread pool, first-call paths
             step()
