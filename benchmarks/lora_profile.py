@@ -35,7 +35,7 @@ TOKENS = 72 * 72  # a 1008 px image through a patch-14 ViT
 QUICK_TOKENS = 36 * 36
 FULL_CASES = [(256, 256, 8), (256, 2048, 4), (1024, 1024, 16), (1024, 3072, 32)]  # (in, out, rank)
 QUICK_CASES = [(256, 256, 8)]
-FULL_STEPS, QUICK_STEPS = 30, 6  # profiled steps per variant, taken in ROUNDS turns
+FULL_STEPS, QUICK_STEPS = 30, 6  # profiled steps per variant, taken in the turns below
 FULL_ROUNDS, QUICK_ROUNDS = 6, 2
 MIN_SAMPLE_S = 0.1
 TIMING_BUDGET_S = 20.0
@@ -92,12 +92,14 @@ def profile_rounds(steps_by_name: dict, steps: int, rounds: int,
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 for _ in range(per_round):
                     steps_by_name[name]()
+            round_micros = 0.0
             for event in prof.key_averages(group_by_input_shape=True):
                 shapes = [list(shape) if isinstance(shape, (list, tuple)) else [] for shape in event.input_shapes]
                 entry = sums[name].setdefault((event.key, repr(shapes)), [shapes, 0.0, 0])
                 entry[1] += event.self_cpu_time_total
                 entry[2] += event.count
-            round_totals[name].append(sum(event.self_cpu_time_total for event in prof.key_averages()) / per_round / 1000)
+                round_micros += event.self_cpu_time_total
+            round_totals[name].append(round_micros / per_round / 1000)
     total_steps = per_round * rounds
     profiles = {}
     for name, entries in sums.items():
