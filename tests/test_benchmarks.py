@@ -107,6 +107,10 @@ def test_quick_train_step(quick_results):
         model = run["memory_model"]
         assert model["weights"] == run["param_bytes"] and model["adamw"] == 2 * run["trainable_bytes"]
         assert model["activations"] > 0 and model["predicted_peak"] > 0
+        phases = run["peak_rss_phases"]  # each phase's own peak, VmHWM reset in between
+        assert list(phases) == list(train_step.PHASES) and all(phases.values())
+        assert max(phases.values()) <= run["peak_rss"]
+        assert model["measured_peak"] == max(phases[p] for p in train_step.PHASES[1:]) and model["peak_phase"] in train_step.PHASES[1:]
     assert runs["full"]["params_trainable"] == runs["full"]["params_total"]
     assert 0 < runs["all-attn"]["params_trainable"] < runs["full"]["params_trainable"] / 10
     assert body["ratios"][0]["full_over_lora_memory"] > 0
@@ -179,6 +183,30 @@ def test_memory_model(act_ckpt, steps, expected_gib):
     assert train_step.memory_model(row)["predicted_peak"] / gib == pytest.approx(expected_gib)
 
 
+def test_memory_model_compares_the_training_phases_not_the_build():
+    gib = 2**30
+    row = {"status": "ok", "config": {"act_ckpt": True, "warmup": 0, "steps": 1},
+           "param_bytes": 2 * gib, "trainable_bytes": 0, "rss_after_build": 3 * gib, "rss_after_import": gib // 2,
+           "vit_blocks": 32, "vit_block_saved_bytes": 0.1 * gib, "vit_block_input_bytes": 0.01 * gib,
+           "saved_forward_bytes": 0.5 * gib, "peak_rss": 5 * gib,
+           "peak_rss_phases": {"build": 5 * gib, "forward": 3 * gib, "backward": 4 * gib, "optimizer": 2 * gib}}
+    model = train_step.memory_model(row)
+    assert model["measured_peak"] == 4 * gib and model["peak_phase"] == "backward" and model["build_peak"] == 5 * gib
+    del row["peak_rss_phases"]  # a run without phases: the whole process's peak
+    model = train_step.memory_model(row)
+    assert model["measured_peak"] == 5 * gib and model["peak_phase"] is None
+
+
+def test_reset_peak_rss_lowers_the_high_water_mark():
+    if not train_step._reset_peak_rss():
+        pytest.skip("this kernel does not allow clear_refs")
+    block = b"\x01" * (256 * 2**20)  # written: 256 MiB resident
+    del block
+    high = train_step._rss_bytes()
+    assert train_step._reset_peak_rss()
+    assert train_step._rss_bytes() < high - 128 * 2**20
+
+
 def test_memory_model_on_cuda_counts_tensors_only():
     """A CUDA row: no runtime term, and the measured peak is ``max_memory_allocated``, not the RSS."""
     gib = 2**30
@@ -249,6 +277,11 @@ def test_ratios_pair_runs_of_the_same_image_size():
     assert goals["lora_peak_gb_1008_cpu"]["met"] is True
     rows[2]["peak_rss"] = 9 * gib
     assert train_step.goals(rows)["lora_peak_gb_1008_cpu"]["met"] is False
+    # with full fine-tuning also measured at 1008 px, the goal is read there, the 504 px ratio noted
+    rows.append(row("full", 1008, 18.0))
+    goal = train_step.goals(rows)["full_over_lora_memory"]
+    assert goal["value"] == pytest.approx(2.0) and goal["met"] is False and goal["image_size"] == 1008
+    assert "1008 px" in goal["note"] and "also measured: 3.50 at 504 px" in goal["note"]
 
 
 def test_ratios_pair_runs_of_the_same_allocator_setting():
