@@ -1,6 +1,6 @@
 """Where the activation memory of a LoRA training step goes, module by module.
 
-One forward of the default configuration (preset ``all-attn``, rank 8, ViT checkpointing, frozen
+One forward of the default configuration (preset ``all-attn``, rank 8, activation checkpointing (ViT blocks, pixel decoder), frozen
 base stored in bf16, float32 compute, batch 1) runs under a ``saved_tensors_hooks`` pair that
 records every tensor autograd keeps for backward (each storage once, parameters excluded) with
 the innermost module running at that moment. Summed by module (the first ``DEPTH`` parts of its
@@ -66,7 +66,7 @@ def worker(spec: dict) -> dict:
     """Build the configuration in ``spec``, run one training forward and record what it saves, by module."""
     import torch
 
-    from benchmarks.train_step import checkpoint_vit_only, sample_batch
+    from benchmarks.train_step import sample_batch, set_checkpointing
     from sam3_lora_kit.lora import store_frozen_weights
     from sam3_lora_kit.runtime import set_seed
     from sam3_lora_kit.sam3 import DEFAULT_PRESET, apply_lora, build_loss, build_sam3, training_step_loss
@@ -76,7 +76,7 @@ def worker(spec: dict) -> dict:
     model = build_sam3(spec["size"], device="cpu", image_size=spec["image_size"])
     apply_lora(model, DEFAULT_PRESET, rank=8, alpha=16)
     store_frozen_weights(model, torch.bfloat16)
-    checkpoint_vit_only(model, True)  # as in the training benchmark's default rows
+    set_checkpointing(model, True)  # as in the training benchmark's default rows
     image_size = spec["image_size"] or int(model.image_size)
     batch = sample_batch(1, image_size)
     loss_fn = build_loss("cpu")

@@ -108,15 +108,14 @@ def _saved_bytes_hook():
     return seen, pack
 
 
-def checkpoint_vit_only(model, enabled: bool) -> None:
-    """Activation checkpointing of the ViT blocks on or off; the pixel decoder's is turned off (sam3
-    checkpoints the fusion encoder, the decoder and the segmentation head in training regardless)."""
+def set_checkpointing(model, enabled: bool) -> None:
+    """Activation checkpointing on or off exactly as ``sam3-lora train`` sets it (the trainer's
+    ``set_activation_checkpointing``: the ViT blocks, and the pixel decoder nested inside the
+    segmentation head, which sam3 checkpoints as a whole in training regardless, as it does the
+    fusion encoder and the decoder)."""
     from sam3_lora_kit.train.trainer import set_activation_checkpointing
 
-    set_activation_checkpointing(model, False)
-    for module in model.modules():
-        if type(module).__name__ == "ViT":
-            module.use_act_checkpoint = enabled
+    set_activation_checkpointing(model, enabled)
 
 
 def sample_batch(batch_size: int, image_size: int):
@@ -160,7 +159,7 @@ def worker(spec: dict) -> dict:
             from sam3_lora_kit.lora import store_frozen_weights
 
             out["frozen_storage"] = store_frozen_weights(model, getattr(torch, spec["frozen_dtype"])).summary()
-    checkpoint_vit_only(model, spec["act_ckpt"])
+    set_checkpointing(model, spec["act_ckpt"])
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     out.update(params_total=total, params_trainable=trainable, percent_trainable=100.0 * trainable / total,
@@ -468,7 +467,8 @@ def run(settings: Settings, log=print, budget_s: float | None = None) -> dict:
                            "precision": "bf16 autocast" if settings.device.type == "cuda" else "fp32",
                            "guard_bytes": GUARD_BYTES, "goals": GOALS,
                            "note": "fusion encoder/decoder always checkpoint (sam3 requires it in training); "
-                                   "act_ckpt toggles the ViT's; the pixel decoder's own is off (sam3 checkpoints the segmentation head around it as a whole)"},
+                                   "act_ckpt toggles the kit's checkpointing as `sam3-lora train` sets it: the ViT blocks and the pixel decoder, "
+                                   "nested inside the segmentation head that sam3 checkpoints as a whole"},
             "runs": rows, "ratios": ratios(rows), "goals": goals(rows)}
 
 
@@ -524,7 +524,7 @@ def goals(rows: list[dict]) -> dict:
         "limit": GOALS["lora_peak_gb_1008_cpu"], "value": value,
         "met": None if value is None else value <= GOALS["lora_peak_gb_1008_cpu"],
         "note": ("the same configuration on the CPU: whole-process peak RSS (runtime and libraries included), "
-                 f"fp32 compute, frozen base in bf16, ViT checkpointing; GB = 1e9 bytes; {by_malloc}") if cpu_1008
+                 f"fp32 compute, frozen base in bf16, activation checkpointing; GB = 1e9 bytes; {by_malloc}") if cpu_1008
         else "not run (full run on a CPU only)"}
     result["full_over_lora_memory"] = _full_over_lora_goal(ratios(rows), DEFAULT_PRESET)
     return result
@@ -545,7 +545,7 @@ def _full_over_lora_goal(entries: list[dict], default_preset: str) -> dict:
 
     def describe(size: int, entry: dict) -> str:
         malloc = "" if entry.get("malloc", "default") == "default" else f", malloc {entry['malloc']}"
-        return f"{size} px, ViT act. ckpt {'on' if entry['act_ckpt'] else 'off'}, LoRA's frozen base in {entry['frozen']}{malloc}"
+        return f"{size} px, act. ckpt {'on' if entry['act_ckpt'] else 'off'}, LoRA's frozen base in {entry['frozen']}{malloc}"
 
     others = [f"{v:.2f} at {describe(s, e)}" for s, v, e in sorted(measured, key=lambda item: (-item[0], -item[1])) if e is not best]
     note = f"full-size, {describe(image_size, best)}" + (f"; also measured: {'; '.join(others)}" if others else "")
@@ -606,7 +606,7 @@ def report(result: dict, out_dir) -> str:
                      f"{row['percent_trainable']:.3f}" if ok else "n/a",
                      f"{row['trainable_bytes'] / 2**20:.1f}" if ok else "n/a",
                      f"{row['load_average_at_start'][0]:.1f}" if row.get("load_average_at_start") else "n/a"])
-    lines.append(markdown_table(["model", "preset", "ViT act. ckpt", "frozen weights", "px", "malloc", "status", "peak RSS GiB", "CUDA peak GiB",
+    lines.append(markdown_table(["model", "preset", "act. ckpt", "frozen weights", "px", "malloc", "status", "peak RSS GiB", "CUDA peak GiB",
                                  "s/step", "warm-up+timed", "trainable", "trainable %", "trainable MiB (fp32)",
                                  "load avg at start"], rows))
     if any(r["config"]["warmup"] == 0 and r.get("status") == "ok" for r in body["runs"]):
@@ -620,7 +620,7 @@ def report(result: dict, out_dir) -> str:
                    (f">= {e['full_over_lora_memory_at_least']:.2f}" if "full_over_lora_memory_at_least" in e else "n/a"),
                    f"{e['full_over_lora_time']:.2f}" if "full_over_lora_time" in e else "n/a", e["full_status"][:50]]
                   for e in body["ratios"]]
-    lines.append(markdown_table(["model", "px", "malloc", "LoRA preset", "ViT act. ckpt", "LoRA frozen weights", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
+    lines.append(markdown_table(["model", "px", "malloc", "LoRA preset", "act. ckpt", "LoRA frozen weights", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
     lines += ["", "### Memory model against measurement (GiB)", "",
               "weights = parameters x their bytes (4 B, or 2 B for frozen weights stored in bf16); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
               "ViT blocks x bytes one block saves (or its input when checkpointed, plus one block recomputed) + what "
@@ -646,7 +646,7 @@ def report(result: dict, out_dir) -> str:
                            _gib(model["predicted_peak"]), _gib(model["measured_peak"]), model.get("peak_phase") or "",
                            f"{model['measured_over_predicted']:.2f}", _gib(model["measured_peak"] - model["predicted_peak"]),
                            _gib(model.get("build_peak"))])
-    lines.append(markdown_table(["model", "px", "malloc", "preset", "ViT act. ckpt", "frozen weights", "runtime", "weights", "gradients", "AdamW",
+    lines.append(markdown_table(["model", "px", "malloc", "preset", "act. ckpt", "frozen weights", "runtime", "weights", "gradients", "AdamW",
                                  "MiB / ViT block", "activations", "predicted", "measured", "measured in", "measured / predicted", "gap",
                                  "build peak"], model_rows))
     projected = [(row, project_1008_bf16(row)) for row in body["runs"]]
@@ -654,7 +654,7 @@ def report(result: dict, out_dir) -> str:
     if projected:
         lines += ["", "### Projection to 1008 px, bf16 autocast, CUDA (memory model only, not measured)", "",
                   " ".join(project_1008_bf16.__doc__.split("\n\n")[1].split()), ""]
-        lines.append(markdown_table(["measured at px", "preset", "ViT act. ckpt", "frozen weights", "activations GiB", "predicted peak GiB (tensors)"],
+        lines.append(markdown_table(["measured at px", "preset", "act. ckpt", "frozen weights", "activations GiB", "predicted peak GiB (tensors)"],
                                     [[r["image_size"], r["config"]["preset"], "on" if r["config"]["act_ckpt"] else "off", _frozen(r["config"]),
                                       _gib(p["activations"]), _gib(p["predicted_peak"])] for r, p in projected]))
     lines += ["", "### Goals", ""]
