@@ -66,17 +66,18 @@ def worker(spec: dict) -> dict:
     """Build the configuration in ``spec``, run one training forward and record what it saves, by module."""
     import torch
 
-    from benchmarks.train_step import sample_batch, set_checkpointing
+    from benchmarks.train_step import sample_batch
     from sam3_lora_kit.lora import store_frozen_weights
     from sam3_lora_kit.runtime import set_seed
     from sam3_lora_kit.sam3 import DEFAULT_PRESET, apply_lora, build_loss, build_sam3, training_step_loss
+    from sam3_lora_kit.train.trainer import set_activation_checkpointing
 
     torch.set_num_threads(spec["threads"])
     set_seed(0)
     model = build_sam3(spec["size"], device="cpu", image_size=spec["image_size"])
     apply_lora(model, DEFAULT_PRESET, rank=8, alpha=16)
     store_frozen_weights(model, torch.bfloat16)
-    set_checkpointing(model, True)  # as in the training benchmark's default rows
+    set_activation_checkpointing(model, True)  # as in the training benchmark's default rows
     image_size = spec["image_size"] or int(model.image_size)
     batch = sample_batch(1, image_size)
     loss_fn = build_loss("cpu")

@@ -108,16 +108,6 @@ def _saved_bytes_hook():
     return seen, pack
 
 
-def set_checkpointing(model, enabled: bool) -> None:
-    """Activation checkpointing on or off exactly as ``sam3-lora train`` sets it (the trainer's
-    ``set_activation_checkpointing``: the ViT blocks, and the pixel decoder nested inside the
-    segmentation head, which sam3 checkpoints as a whole in training regardless, as it does the
-    fusion encoder and the decoder)."""
-    from sam3_lora_kit.train.trainer import set_activation_checkpointing
-
-    set_activation_checkpointing(model, enabled)
-
-
 def sample_batch(batch_size: int, image_size: int):
     """The first ``batch_size`` training images of the bundled sample (converted to COCO), as a SAM 3 batch."""
     from sam3_lora_kit.data import CocoSegmentationDataset, convert_roboflow, sample_data_dir
@@ -159,7 +149,11 @@ def worker(spec: dict) -> dict:
             from sam3_lora_kit.lora import store_frozen_weights
 
             out["frozen_storage"] = store_frozen_weights(model, getattr(torch, spec["frozen_dtype"])).summary()
-    set_checkpointing(model, spec["act_ckpt"])
+    from sam3_lora_kit.train.trainer import set_activation_checkpointing  # imported after rss_after_import, as before
+
+    # as `sam3-lora train` sets it: the ViT blocks, and the pixel decoder nested inside the segmentation
+    # head, which sam3 checkpoints as a whole in training regardless (as the fusion encoder and decoder)
+    set_activation_checkpointing(model, spec["act_ckpt"])
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     out.update(params_total=total, params_trainable=trainable, percent_trainable=100.0 * trainable / total,
