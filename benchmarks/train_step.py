@@ -535,14 +535,16 @@ def _full_over_lora_goal(entries: list[dict], default_preset: str) -> dict:
     if not measured:
         return {"limit": GOALS["full_over_lora_memory"], "value": None, "met": None, "at_least": False, "act_ckpt": None,
                 "image_size": None, "note": "full-size runs are not part of --quick"}
-    image_size, value, best = max(measured, key=lambda item: (item[0], item[1]))
+    measured.sort(key=lambda item: (-item[0], -item[1]))  # largest image size first, the best ratio there first
+    (image_size, value, best), others = measured[0], measured[1:]
 
     def describe(size: int, entry: dict) -> str:
         malloc = "" if entry.get("malloc", "default") == "default" else f", malloc {entry['malloc']}"
         return f"{size} px, act. ckpt {'on' if entry['act_ckpt'] else 'off'}, LoRA's frozen base in {entry['frozen']}{malloc}"
 
-    others = [f"{v:.2f} at {describe(s, e)}" for s, v, e in sorted(measured, key=lambda item: (-item[0], -item[1])) if e is not best]
-    note = f"full-size, {describe(image_size, best)}" + (f"; also measured: {'; '.join(others)}" if others else "")
+    note = f"full-size, {describe(image_size, best)}"
+    if others:
+        note += "; also measured: " + "; ".join(f"{v:.2f} at {describe(s, e)}" for s, v, e in others)
     return {"limit": GOALS["full_over_lora_memory"], "value": value, "met": value >= GOALS["full_over_lora_memory"],
             "at_least": "full_over_lora_memory_at_least" in best, "act_ckpt": best["act_ckpt"], "image_size": image_size,
             "note": note}
