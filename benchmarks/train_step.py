@@ -154,15 +154,21 @@ def worker(spec: dict) -> dict:
     # as `sam3-lora train` sets it: the ViT blocks, and the pixel decoder nested inside the segmentation
     # head, which sam3 checkpoints as a whole in training regardless (as the fusion encoder and decoder)
     set_activation_checkpointing(model, spec["act_ckpt"])
+    image_size = spec["image_size"] or int(model.image_size)
+    out["image_size"] = image_size
+    batch = sample_batch(spec["batch_size"], image_size)
+    if spec.get("text_cache", True):  # as `sam3-lora train` does: a frozen text encoder's features once, the encoder freed
+        from sam3_lora_kit.sam3.text_cache import cache_text_features
+
+        taken_out = cache_text_features(model, batch.find_text_batch, device, dtype)
+        out["text_cache"] = taken_out is not None
+        del taken_out
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     out.update(params_total=total, params_trainable=trainable, percent_trainable=100.0 * trainable / total,
                param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
                trainable_bytes=sum(p.numel() * p.element_size() for p in params))
 
-    image_size = spec["image_size"] or int(model.image_size)
-    out["image_size"] = image_size
-    batch = sample_batch(spec["batch_size"], image_size)
     if cuda:
         from sam3.model.utils.misc import copy_data_to_device
 

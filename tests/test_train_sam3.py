@@ -183,3 +183,69 @@ def test_a_cuda_device_without_an_index_gets_the_current_one(monkeypatch):
     assert trainer._device_for(config, single) == torch.device("cuda", 3) and chosen == [torch.device("cuda", 3)]
     ranked = DistInfo(rank=1, world_size=2, local_rank=1)
     assert trainer._device_for(config, ranked) == torch.device("cuda", 1)
+
+
+def test_a_callers_model_gets_its_text_encoder_back_and_the_summary_counts_it(clean_sample, tmp_path):
+    from sam3_lora_kit.lora import count_parameters
+    from sam3_lora_kit.sam3 import build_sam3
+    from sam3_lora_kit.train import train
+
+    model = build_sam3("tiny", device="cpu", image_size=IMAGE_SIZE)
+    encoder = model.backbone.language_backbone
+    result = train(params(clean_sample, tmp_path / "run", steps=1, save_every=1), model=model, progress=False)
+    assert model.backbone.language_backbone is encoder  # put back after training
+    assert result.summary["text_features"] == "cached once for 3 category names"
+    assert (result.summary["trainable_params"], result.summary["total_params"]) == count_parameters(model)
+    kept = train(params(clean_sample, tmp_path / "kept", steps=1, save_every=1, text_cache=False), model=model, progress=False)
+    assert kept.summary["text_features"] == "encoded at every step"
+
+
+def test_the_trainers_own_model_frees_its_text_encoder_and_the_adapter_still_loads(clean_sample, tmp_path):
+    from sam3_lora_kit.lora import count_parameters, load_adapter
+    from sam3_lora_kit.sam3 import apply_lora, build_sam3
+    from sam3_lora_kit.sam3.text_cache import CachedTextEncoder
+    from sam3_lora_kit.train import train
+
+    result = train(params(clean_sample, tmp_path / "run", steps=1, save_every=1), progress=False)
+    assert isinstance(result.model.backbone.language_backbone, CachedTextEncoder)  # the encoder itself is gone
+    plain = build_sam3("tiny", device="cpu", image_size=IMAGE_SIZE)
+    apply_lora(plain, preset="all-attn", rank=4, alpha=8.0)
+    load_adapter(plain, tmp_path / "run" / "adapter.safetensors")  # strict: the whole base's fingerprint
+    assert result.summary["total_params"] == count_parameters(plain)[1]
+
+
+def test_checkpointing_the_neck_keeps_the_gradients_and_saves_less():
+    from benchmarks.train_step import sample_batch
+    from sam3_lora_kit.sam3 import apply_lora, build_loss, build_sam3, training_step_loss
+    from sam3_lora_kit.train.trainer import _checkpoint_forward, set_activation_checkpointing
+
+    torch.manual_seed(0)
+    model = build_sam3("tiny", device="cpu", image_size=IMAGE_SIZE)
+    apply_lora(model, preset="all-attn", rank=4, alpha=8.0)
+    branches = list(model.backbone.vision_backbone.convs)
+    assert set_activation_checkpointing(model, True) == 2 + len(branches)  # the ViT, the seg head, each branch
+    batch, loss_fn = sample_batch(2, IMAGE_SIZE), build_loss(torch.device("cpu"))
+    model.train()
+
+    def step() -> tuple[int, dict[str, torch.Tensor]]:
+        saved: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = training_step_loss(model, batch, loss_fn)["core_loss"]
+        loss.backward()
+        return sum(saved.values()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    saved_with, grads_with = step()
+    for branch in branches:
+        _checkpoint_forward(branch, False)
+    assert not any("forward" in vars(branch) for branch in branches)
+    saved_without, grads_without = step()
+    assert saved_with < saved_without
+    for name, grad in grads_without.items():
+        torch.testing.assert_close(grads_with[name], grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -78,10 +78,13 @@ def _layer_configs(model: nn.Module) -> dict[str, dict[str, Any]]:
     return configs
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
+def save_adapter(model: nn.Module, path: str | os.PathLike, *, base_fingerprint: str | None = None,
+                 **metadata: Any) -> Path:
     """Write the model's LoRA factors to ``path`` (safetensors), atomically; returns the path.
 
     Extra keyword ``metadata`` (JSON-serialisable) is stored too, for example the preset name.
+    ``base_fingerprint``: ``architecture_fingerprint`` of the whole base model, taken earlier,
+    for a model that has since lost a frozen part (the trainer's text cache); default: the model's.
     """
     path = Path(path)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in lora_state_dict(model).items()}
@@ -97,7 +100,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> 
         "alpha": json.dumps(alphas[0] if len(alphas) == 1 else alphas),
         "targets": json.dumps(list(layers)),
         "layers": json.dumps(layers),
-        "fingerprint": architecture_fingerprint(model),
+        "fingerprint": base_fingerprint or architecture_fingerprint(model),
         "user": json.dumps(metadata, default=str),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -239,7 +239,8 @@ def fit(
     summary: dict[str, Any] = {}
     adapter_path = None
     if info.is_main:
-        adapter_path, summary = _finish(model, out, config, device, dtype, info, metrics, summary_fields, adapter_metadata, curves)
+        adapter_path, summary = _finish(model, out, config, device, dtype, info, metrics, summary_fields, adapter_metadata,
+                                         curves, architecture=fingerprint.get("architecture"))
     return TrainResult(output_dir=out, adapter_path=adapter_path, summary=summary, metrics=metrics, model=model, resumed_from=resumed_from)
 
 
@@ -283,10 +284,13 @@ def _nonfinite_message(step: int, terms: Mapping[str, float], out: Path, last_sa
 
 def _finish(model: nn.Module, out: Path, config: TrainConfig, device: torch.device, dtype: torch.dtype | None,
             info: DistInfo, metrics: list[dict[str, Any]], summary_fields: Mapping[str, Any] | None,
-            adapter_metadata: Mapping[str, Any] | None, curves: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Save the adapter, draw the curves and write the run summary (rank 0)."""
+            adapter_metadata: Mapping[str, Any] | None, curves: bool = True,
+            architecture: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Save the adapter, draw the curves and write the run summary (rank 0). ``architecture``: the
+    base model's fingerprint taken before training, when the model no longer has all of it
+    (its frozen text encoder out, ``cache_text_features``)."""
     from sam3_lora_kit.lora import count_parameters, save_adapter
-    adapter_path = save_adapter(model, out / ADAPTER_FILE, **dict(adapter_metadata or {}))
+    adapter_path = save_adapter(model, out / ADAPTER_FILE, base_fingerprint=architecture, **dict(adapter_metadata or {}))
     if curves:
         from sam3_lora_kit.viz.curves import plot_training_curves
 

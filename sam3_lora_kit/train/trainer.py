@@ -19,7 +19,7 @@ from sam3_lora_kit.runtime import pick_device, set_seed
 from sam3_lora_kit.train import checkpoint as ckpt
 from sam3_lora_kit.train.config import ConfigError, TrainConfig
 from sam3_lora_kit.train.distributed import DistInfo, init_distributed, shutdown_distributed
-from sam3_lora_kit.train.loop import TrainResult, fit
+from sam3_lora_kit.train.loop import TrainResult, fit, resolve_precision
 from sam3_lora_kit.train.sampler import EpochSampler
 
 __all__ = ["train", "as_config", "resolve_model_size", "resolve_memory_savers", "set_activation_checkpointing", "run_fingerprint", "total_steps_for"]
@@ -51,10 +51,37 @@ def resolve_memory_savers(config: TrainConfig, model_size: str) -> tuple[bool, s
     return checkpointing, frozen_dtype
 
 
+def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The forward of a module switched by ``set_activation_checkpointing``: in training with
+    gradients on, its class's forward runs under ``torch.utils.checkpoint`` (only the inputs are
+    kept; the rest is recomputed in backward); otherwise it runs as is."""
+    from torch.utils.checkpoint import checkpoint
+
+    forward = type(self).forward.__get__(self)
+    if self.training and torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def _checkpoint_forward(module: nn.Module, enabled: bool) -> None:
+    """Give ``module`` the checkpointed forward (an instance attribute: names and state dict do not
+    change, and a deep copy keeps it bound to the copy), or take it away."""
+    if enabled:
+        module.forward = _checkpointed_forward.__get__(module)
+    else:
+        module.__dict__.pop("forward", None)
+
+
 def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
-    """Turn activation checkpointing of the ViT blocks and the pixel decoder on or off (model
-    attributes that ``sam3`` reads in training; the fusion encoder and decoder always checkpoint,
-    as ``sam3`` requires). Returns how many modules were switched."""
+    """Turn activation checkpointing of the ViT blocks, the neck and the pixel decoder on or off;
+    returns how many modules were switched.
+
+    The ViT and the pixel decoder have switches ``sam3`` reads in training; each of the neck's
+    convolution branches (``Sam3DualViTDetNeck.convs``, which upsample the ViT's output to 4x, 2x,
+    1x and 0.5x) gets a checkpointed forward, so it keeps its input (shared by the branches)
+    instead of its upsampled intermediates (0.3 GiB at 1008 px). The fusion encoder and decoder
+    always checkpoint, as ``sam3`` requires.
+    """
     switched = 0
     for module in model.modules():
         if type(module).__name__ == "ViT" and hasattr(module, "use_act_checkpoint"):
@@ -63,6 +90,10 @@ def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
         elif type(module).__name__ == "UniversalSegmentationHead" and hasattr(module, "act_ckpt"):
             module.act_ckpt = enabled
             switched += 1
+        elif type(module).__name__ == "Sam3DualViTDetNeck":
+            for branch in module.convs:
+                _checkpoint_forward(branch, enabled)
+                switched += 1
     return switched
 
 
@@ -130,9 +161,10 @@ def train(
 
 def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress: bool,
            eval_fn: Callable[[nn.Module, int], Mapping[str, Any]] | None, device: torch.device, info: DistInfo) -> TrainResult:
-    from sam3_lora_kit.lora import iter_lora_layers
+    from sam3_lora_kit.lora import count_parameters, iter_lora_layers
     from sam3_lora_kit.sam3.batches import BatchBuilder
     from sam3_lora_kit.sam3.loss import build_loss, training_step_loss
+    from sam3_lora_kit.sam3.text_cache import cache_text_features, restore_text_encoder
 
     set_seed(config.seed)
     if dataset is None:
@@ -141,6 +173,7 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
         dataset = CocoSegmentationDataset(config.dataset_dir, config.split)
     model_size = resolve_model_size(config, device)
     report = None
+    model_given = model is not None
     if model is None:
         from sam3_lora_kit.sam3 import build_sam3
 
@@ -181,26 +214,45 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
             batch = copy_data_to_device(batch, device, non_blocking=True)
         return training_step_loss(net, batch, loss_module)
 
+    model.to(device)
+    fingerprint = run_fingerprint(config, model_size, model)  # of the whole model, before the text encoder is taken out
+    trainable, total = count_parameters(model)
+    text_encoder = None
+    if config.text_cache:
+        text_encoder = cache_text_features(model, category_names, device, resolve_precision(config.precision, device))
+    text_features = "encoded at every step"
+    if text_encoder is not None:
+        text_features = f"cached once for {len(category_names)} category names"
+        if not model_given:
+            text_encoder = None  # the trainer's own model: the encoder's memory is freed
+        elif device.type != "cpu":
+            text_encoder.to("cpu")  # the caller's model: the encoder waits in host memory and comes back after
     if progress and info.is_main:
         print(f"training SAM 3 {model_size.upper()} on {device} for {total_steps} steps "
               f"(image_size={image_size}, batch_size={config.batch_size} x {config.grad_accum} accum x {info.world_size} process(es))")
-    result = fit(
-        model, batch_fn, loss_fn, config,
-        total_steps=total_steps,
-        fingerprint=run_fingerprint(config, model_size, model),
-        device=device,
-        dist_info=info,
-        progress=progress,
-        epoch_of=sampler.epoch,
-        eval_fn=eval_fn,
-        num_workers=config.num_workers,
-        summary_fields={"model_size": model_size, "dataset_dir": str(config.dataset_dir), "split": config.split,
-                        "num_images": len(dataset), "image_size": image_size,
-                        "activation_checkpointing": checkpointing, "frozen_dtype": frozen_dtype},
-        adapter_metadata={"preset": config.preset, "model_size": model_size, "rank": config.rank, "alpha": config.alpha,
-                          "qkv": config.qkv, "target_modules": config.target_modules, "image_size": image_size,
-                          "category_names": category_names},
-    )
+    try:
+        result = fit(
+            model, batch_fn, loss_fn, config,
+            total_steps=total_steps,
+            fingerprint=fingerprint,
+            device=device,
+            dist_info=info,
+            progress=progress,
+            epoch_of=sampler.epoch,
+            eval_fn=eval_fn,
+            num_workers=config.num_workers,
+            summary_fields={"model_size": model_size, "dataset_dir": str(config.dataset_dir), "split": config.split,
+                            "num_images": len(dataset), "image_size": image_size,
+                            "activation_checkpointing": checkpointing, "frozen_dtype": frozen_dtype,
+                            "text_features": text_features, "trainable_params": trainable, "total_params": total,
+                            "trainable_percent": 100.0 * trainable / max(total, 1)},
+            adapter_metadata={"preset": config.preset, "model_size": model_size, "rank": config.rank, "alpha": config.alpha,
+                              "qkv": config.qkv, "target_modules": config.target_modules, "image_size": image_size,
+                              "category_names": category_names},
+        )
+    finally:
+        if text_encoder is not None:
+            restore_text_encoder(model, text_encoder.to(device))
     result.report = report
     result.extra.update(model_size=model_size, image_size=image_size, total_steps=total_steps)
     return result
