@@ -19,6 +19,9 @@ killer pick another process (children also raise their own ``oom_score_adj``).
   settings, and with ``MALLOC_MMAP_THRESHOLD_=131072`` (``MALLOC_MMAP_THRESHOLD`` below), which
   makes glibc return freed tensor memory to the system instead of keeping it in its heap; then
   full fine-tuning at 1008 px with checkpointing and that setting, where the machine has the memory.
+  LoRA runs set up the model as ``sam3-lora train`` does: the frozen text encoder's features for
+  the category names computed once and the encoder freed (``text_cache``); one 504 px run keeps
+  the encoder and runs it at every step, to show what that saves.
 
 A memory model (weights + gradients + AdamW state + activations, from parameter counts and
 the bytes autograd saves) is computed for each configuration and set beside what was measured.
@@ -267,6 +270,15 @@ def _frozen(spec: dict) -> str:
     return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[spec.get("frozen_dtype", "float32")]
 
 
+def _text_encoder(row: dict) -> str:
+    """The text encoder in a run: "cached" (the category names' features computed once and the encoder
+    freed, as `sam3-lora train` does), "per step" (frozen, run at every step: runs from before the
+    cache, or with it off) or "trains" (full fine-tuning)."""
+    if row["config"]["preset"] == "full":
+        return "trains"
+    return "cached" if row.get("text_cache") else "per step"
+
+
 def run_config(spec: dict, timeout_s: float, log=print) -> dict:
     """Run one configuration in a child process; returns its figures plus ``status`` and ``peak_rss``."""
     import psutil
@@ -407,6 +419,9 @@ def _configs(settings: Settings) -> list[dict]:
     order += [(preset, ckpt, "float32") for ckpt in (False, True) for preset in LORA_PRESETS if preset != DEFAULT_PRESET]
     full = [{**base, **steps, "size": "full", "image_size": image_size, "preset": preset, "act_ckpt": ckpt,
              "frozen_dtype": frozen} for preset, ckpt, frozen in order]
+    # the default configuration with its frozen text encoder run at every step instead of cached: what the cache saves
+    full.append({**base, **steps, "size": "full", "image_size": image_size, "preset": DEFAULT_PRESET, "act_ckpt": True,
+                 "frozen_dtype": "bfloat16", "text_cache": False})
     if not cuda:  # the goal's configuration at the official size, by RSS, and full fine-tuning if it fits
         full += [{**base, **steps, "size": "full", "image_size": FULL_CUDA_IMAGE_SIZE, "preset": preset,
                   "act_ckpt": True, "frozen_dtype": frozen, "malloc_mmap_threshold": threshold}
@@ -467,8 +482,10 @@ def run(settings: Settings, log=print, budget_s: float | None = None) -> dict:
                            "precision": "bf16 autocast" if settings.device.type == "cuda" else "fp32",
                            "guard_bytes": GUARD_BYTES, "goals": GOALS,
                            "note": "fusion encoder/decoder always checkpoint (sam3 requires it in training); "
-                                   "act_ckpt toggles the kit's checkpointing as `sam3-lora train` sets it: the ViT blocks and the pixel decoder, "
-                                   "nested inside the segmentation head that sam3 checkpoints as a whole"},
+                                   "act_ckpt toggles the kit's checkpointing as `sam3-lora train` sets it: the ViT blocks, the neck's "
+                                   "convolution branches and the pixel decoder, nested inside the segmentation head that sam3 checkpoints "
+                                   "as a whole; as `sam3-lora train` does, LoRA runs compute the frozen text encoder's features for the "
+                                   "category names once and free the encoder (text encoder `cached`; `per step`: run at every step)"},
             "runs": rows, "ratios": ratios(rows), "goals": goals(rows)}
 
 
@@ -497,7 +514,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                      and r["config"]["act_ckpt"] == spec["act_ckpt"] and r["config"].get("image_size") == spec.get("image_size")
                      and _malloc(r["config"]) == _malloc(spec)), None)
         entry = {"size": spec["size"], "preset": spec["preset"], "act_ckpt": spec["act_ckpt"], "frozen": _frozen(spec),
-                 "image_size": spec.get("image_size"), "malloc": _malloc(spec),
+                 "text": _text_encoder(row), "image_size": spec.get("image_size"), "malloc": _malloc(spec),
                  "full_status": full.get("status") if full else "not run"}
         if full and full.get("status") == "ok":
             entry.update(full_over_lora_memory=_peak(full) / _peak(row), full_over_lora_time=full["s_per_step"] / row["s_per_step"])
@@ -546,7 +563,8 @@ def _full_over_lora_goal(entries: list[dict], default_preset: str) -> dict:
 
     def describe(size: int, entry: dict) -> str:
         malloc = "" if entry.get("malloc", "default") == "default" else f", malloc {entry['malloc']}"
-        return f"{size} px, act. ckpt {'on' if entry['act_ckpt'] else 'off'}, LoRA's frozen base in {entry['frozen']}{malloc}"
+        text = "" if entry.get("text") == "cached" else f", text encoder {entry.get('text', 'per step')}"
+        return f"{size} px, act. ckpt {'on' if entry['act_ckpt'] else 'off'}, LoRA's frozen base in {entry['frozen']}{text}{malloc}"
 
     note = f"full-size, {describe(image_size, best)}"
     if others:
@@ -598,7 +616,7 @@ def report(result: dict, out_dir) -> str:
     for row in body["runs"]:
         spec = row["config"]
         ok = row.get("status") == "ok"
-        rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec),
+        rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _text_encoder(row),
                      spec.get("image_size") or "112", _malloc(spec), row.get("status", "")[:60],
                      _gib(row.get("peak_rss")) if "peak_rss" in row else "n/a",
                      _gib(row.get("cuda_peak_bytes")) if row.get("cuda_peak_bytes") else "",
@@ -608,7 +626,7 @@ def report(result: dict, out_dir) -> str:
                      f"{row['percent_trainable']:.3f}" if ok else "n/a",
                      f"{row['trainable_bytes'] / 2**20:.1f}" if ok else "n/a",
                      f"{row['load_average_at_start'][0]:.1f}" if row.get("load_average_at_start") else "n/a"])
-    lines.append(markdown_table(["model", "preset", "act. ckpt", "frozen weights", "px", "malloc", "status", "peak RSS GiB", "CUDA peak GiB",
+    lines.append(markdown_table(["model", "preset", "act. ckpt", "frozen weights", "text encoder", "px", "malloc", "status", "peak RSS GiB", "CUDA peak GiB",
                                  "s/step", "warm-up+timed", "trainable", "trainable %", "trainable MiB (fp32)",
                                  "load avg at start"], rows))
     if any(r["config"]["warmup"] == 0 and r.get("status") == "ok" for r in body["runs"]):
@@ -618,13 +636,13 @@ def report(result: dict, out_dir) -> str:
                   "depend on load."]
     lines += ["", "### Full fine-tuning against LoRA (same model, same checkpointing)", ""]
     ratio_rows = [[e["size"], e.get("image_size") or "112", e.get("malloc", "default"), e["preset"], "on" if e["act_ckpt"] else "off", e.get("frozen", "fp32"),
-                   f"{e['full_over_lora_memory']:.2f}" if "full_over_lora_memory" in e else
+                   e.get("text", "per step"), f"{e['full_over_lora_memory']:.2f}" if "full_over_lora_memory" in e else
                    (f">= {e['full_over_lora_memory_at_least']:.2f}" if "full_over_lora_memory_at_least" in e else "n/a"),
                    f"{e['full_over_lora_time']:.2f}" if "full_over_lora_time" in e else "n/a", e["full_status"][:50]]
                   for e in body["ratios"]]
-    lines.append(markdown_table(["model", "px", "malloc", "LoRA preset", "act. ckpt", "LoRA frozen weights", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
+    lines.append(markdown_table(["model", "px", "malloc", "LoRA preset", "act. ckpt", "LoRA frozen weights", "LoRA text encoder", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
     lines += ["", "### Memory model against measurement (GiB)", "",
-              "weights = parameters x their bytes (4 B, or 2 B for frozen weights stored in bf16); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
+              "weights = parameters x their bytes (4 B, or 2 B for frozen weights stored in bf16; a cached text encoder's are gone); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
               "ViT blocks x bytes one block saves (or its input when checkpointed, plus one block recomputed) + what "
               "the rest of the model saves; runtime = RSS after the build less the weights (0 on CUDA, whose peak counts tensors only). Single-step runs: runtime + weights + "
               "max(activations, gradients + AdamW); with a warm-up step: runtime + weights + AdamW + max(activations, gradients). "
@@ -642,13 +660,13 @@ def report(result: dict, out_dir) -> str:
         if not model:
             continue
         spec = row["config"]
-        model_rows.append([spec["size"], spec.get("image_size") or "112", _malloc(spec), spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _gib(model["runtime"]),
+        model_rows.append([spec["size"], spec.get("image_size") or "112", _malloc(spec), spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _text_encoder(row), _gib(model["runtime"]),
                            _gib(model["weights"]), _gib(model["gradients"]), _gib(model["adamw"]),
                            f"{model['activations_per_vit_block'] / 2**20:.1f}", _gib(model["activations"]),
                            _gib(model["predicted_peak"]), _gib(model["measured_peak"]), model.get("peak_phase") or "",
                            f"{model['measured_over_predicted']:.2f}", _gib(model["measured_peak"] - model["predicted_peak"]),
                            _gib(model.get("build_peak"))])
-    lines.append(markdown_table(["model", "px", "malloc", "preset", "act. ckpt", "frozen weights", "runtime", "weights", "gradients", "AdamW",
+    lines.append(markdown_table(["model", "px", "malloc", "preset", "act. ckpt", "frozen weights", "text encoder", "runtime", "weights", "gradients", "AdamW",
                                  "MiB / ViT block", "activations", "predicted", "measured", "measured in", "measured / predicted", "gap",
                                  "build peak"], model_rows))
     projected = [(row, project_1008_bf16(row)) for row in body["runs"]]
@@ -682,7 +700,7 @@ def _plot(body: dict, out_dir: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['config']['size']}\n{r['config']['preset']}\n{'ckpt' if r['config']['act_ckpt'] else 'no ckpt'}"
-              f"{' bf16' if _frozen(r['config']) == 'bf16' else ''}" for r in rows]
+              f"{' bf16' if _frozen(r['config']) == 'bf16' else ''}{' text/step' if _text_encoder(r) == 'per step' else ''}" for r in rows]
     colors = ["tab:red" if r["config"]["preset"] == "full" else "tab:blue" for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) * 2), 4))
     cuda = any("cuda_peak_bytes" in r for r in rows)
