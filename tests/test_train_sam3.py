@@ -200,14 +200,28 @@ def test_a_callers_model_gets_its_text_encoder_back_and_the_summary_counts_it(cl
     assert kept.summary["text_features"] == "encoded at every step"
 
 
-def test_the_trainers_own_model_frees_its_text_encoder_and_the_adapter_still_loads(clean_sample, tmp_path):
+def test_the_trainers_own_model_frees_its_text_encoder_and_the_adapter_still_loads(clean_sample, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
     from sam3_lora_kit.lora import count_parameters, load_adapter
-    from sam3_lora_kit.sam3 import apply_lora, build_sam3
+    from sam3_lora_kit.sam3 import apply_lora, build_sam3, text_cache
     from sam3_lora_kit.sam3.text_cache import CachedTextEncoder
     from sam3_lora_kit.train import train
 
+    taken_out = []
+    original = text_cache.cache_text_features
+
+    def recording(*args, **kwargs):
+        encoder = original(*args, **kwargs)
+        taken_out.append(weakref.ref(encoder))
+        return encoder
+
+    monkeypatch.setattr(text_cache, "cache_text_features", recording)
     result = train(params(clean_sample, tmp_path / "run", steps=1, save_every=1), progress=False)
-    assert isinstance(result.model.backbone.language_backbone, CachedTextEncoder)  # the encoder itself is gone
+    assert isinstance(result.model.backbone.language_backbone, CachedTextEncoder)
+    gc.collect()
+    assert len(taken_out) == 1 and taken_out[0]() is None  # nothing holds the encoder: its memory is freed
     plain = build_sam3("tiny", device="cpu", image_size=IMAGE_SIZE)
     apply_lora(plain, preset="all-attn", rank=4, alpha=8.0)
     load_adapter(plain, tmp_path / "run" / "adapter.safetensors")  # strict: the whole base's fingerprint

@@ -143,6 +143,12 @@ def train(
     already has LoRA layers). ``dataset``: a ``CocoSegmentationDataset`` (or anything with
     ``len``, items like it and ``category_names``) instead of ``dataset_dir``/``split``.
     ``eval_fn(model, step)`` runs every ``eval_every`` steps and its numbers join the log.
+
+    With ``text_cache`` (the default) a frozen text encoder leaves the step: its features for the
+    dataset's category names are computed once (``cache_text_features``). A ``model`` you pass
+    gets its encoder back when training ends (on a GPU it waits in host memory meanwhile); the
+    trainer's own model keeps the cache (``result.model`` answers those names only) and the
+    encoder's memory is freed.
     """
     config = as_config(config)
     if dataset is None and config.dataset_dir is None:
