@@ -674,9 +674,11 @@ def report(result: dict, out_dir) -> str:
     if projected:
         lines += ["", "### Projection to 1008 px, bf16 autocast, CUDA (memory model only, not measured)", "",
                   " ".join(project_1008_bf16.__doc__.split("\n\n")[1].split()), ""]
-        lines.append(markdown_table(["measured at px", "preset", "act. ckpt", "frozen weights", "activations GiB", "predicted peak GiB (tensors)"],
-                                    [[r["image_size"], r["config"]["preset"], "on" if r["config"]["act_ckpt"] else "off", _frozen(r["config"]),
-                                      _gib(p["activations"]), _gib(p["predicted_peak"])] for r, p in projected]))
+        lines.append(markdown_table(["measured at px", "malloc", "preset", "act. ckpt", "frozen weights", "text encoder", "activations GiB",
+                                     "predicted peak GiB (tensors)"],
+                                    [[r["image_size"], _malloc(r["config"]), r["config"]["preset"], "on" if r["config"]["act_ckpt"] else "off",
+                                      _frozen(r["config"]), _text_encoder(r), _gib(p["activations"]), _gib(p["predicted_peak"])]
+                                     for r, p in projected]))
     lines += ["", "### Goals", ""]
     goal_rows = []
     for key, goal in body["goals"].items():
