@@ -1,7 +1,8 @@
 """Where the activation memory of a LoRA training step goes, module by module.
 
-One forward of the default configuration (preset ``all-attn``, rank 8, activation checkpointing (ViT blocks, pixel decoder), frozen
-base stored in bf16, float32 compute, batch 1) runs under a ``saved_tensors_hooks`` pair that
+One forward of the default configuration (preset ``all-attn``, rank 8, activation checkpointing as
+the trainer sets it (ViT blocks, the neck's convolution branches, pixel decoder), frozen base stored
+in bf16, float32 compute, batch 1; the frozen text encoder, cached or not, saves nothing) runs under a ``saved_tensors_hooks`` pair that
 records every tensor autograd keeps for backward (each storage once, parameters excluded) with
 the innermost module running at that moment. Summed by module (the first ``DEPTH`` parts of its
 name) this splits the training benchmark's ``activations`` figure into its parts. A checkpointed
