@@ -263,3 +263,22 @@ def test_checkpointing_the_neck_keeps_the_gradients_and_saves_less():
     assert saved_with < saved_without
     for name, grad in grads_without.items():
         torch.testing.assert_close(grads_with[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_evaluation_during_training_is_served_by_the_text_cache(clean_sample, tmp_path):
+    from sam3_lora_kit.data import CocoSegmentationDataset
+    from sam3_lora_kit.evaluate import evaluate_coco
+    from sam3_lora_kit.sam3.text_cache import CachedTextEncoder
+    from sam3_lora_kit.train import train
+
+    valid = CocoSegmentationDataset(clean_sample, "valid")
+    seen = []
+
+    def eval_fn(model, step):
+        seen.append(type(model.backbone.language_backbone))
+        metrics = evaluate_coco(model, valid, max_images=2, progress=False)
+        return {"segm_mAP": metrics["segm_mAP"]}
+
+    result = train(params(clean_sample, tmp_path / "run", steps=2, save_every=2, eval_every=1), eval_fn=eval_fn, progress=False)
+    assert seen == [CachedTextEncoder, CachedTextEncoder]  # the evaluation prompts with the same category names
+    assert [r["step"] for r in result.metrics if "segm_mAP" in r] == [1, 2]
