@@ -154,8 +154,8 @@ def worker(spec: dict) -> dict:
             out["frozen_storage"] = store_frozen_weights(model, getattr(torch, spec["frozen_dtype"])).summary()
     from sam3_lora_kit.train.trainer import set_activation_checkpointing  # imported after rss_after_import, as before
 
-    # as `sam3-lora train` sets it: the ViT blocks, and the pixel decoder nested inside the segmentation
-    # head, which sam3 checkpoints as a whole in training regardless (as the fusion encoder and decoder)
+    # as `sam3-lora train` sets it: the ViT blocks, the neck's branches, and the pixel decoder nested inside
+    # the segmentation head, which sam3 checkpoints as a whole in training regardless (as the fusion encoder and decoder)
     set_activation_checkpointing(model, spec["act_ckpt"])
     image_size = spec["image_size"] or int(model.image_size)
     out["image_size"] = image_size

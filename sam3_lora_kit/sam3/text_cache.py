@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from sam3_lora_kit.lora import iter_lora_layers
+
 __all__ = ["CachedTextEncoder", "cache_text_features", "frozen_text_encoder", "restore_text_encoder"]
 
 
@@ -60,8 +62,6 @@ class CachedTextEncoder(nn.Module):
 def frozen_text_encoder(model: nn.Module) -> nn.Module | None:
     """``model.backbone.language_backbone`` when nothing in it trains (no parameter that needs a
     gradient, no LoRA layer); None otherwise, or when the model has no such module."""
-    from sam3_lora_kit.lora import iter_lora_layers
-
     encoder = getattr(getattr(model, "backbone", None), "language_backbone", None)
     if encoder is None or isinstance(encoder, CachedTextEncoder):
         return None
@@ -76,9 +76,10 @@ def _encode(encoder: nn.Module, phrases: list[str], device: torch.device,
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from sam3_lora_kit.runtime import autocast_context
+    from sam3_lora_kit.sam3.build import TEXT_ENCODER_SDPA_BACKENDS
 
     # the kernels sam3's SAM3VLBackbone.forward_text runs the encoder with
-    with sdpa_kernel([SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION]), \
+    with sdpa_kernel([getattr(SDPBackend, name) for name in TEXT_ENCODER_SDPA_BACKENDS]), \
             autocast_context(device, autocast_dtype):
         padding_mask, memory, embeds = encoder(phrases, None, device=device)
     return CachedTextEncoder(phrases, padding_mask, memory, embeds)
