@@ -55,6 +55,7 @@ BAD = [
     ({"target_modules": []}, "target_modules is empty"),
     ({"activation_checkpointing": "yes"}, "activation_checkpointing must be true, false or 'auto', got 'yes'"),
     ({"activation_checkpointing": 3}, "activation_checkpointing must be true or false or a string"),
+    ({"text_cache": "yes"}, "text_cache must be true or false, got 'yes' (str)"),
     ({"save_every": 0}, "save_every must be >= 1"),
     ({"output_dir": "  "}, "output_dir must not be empty"),
     ({"resume": 3}, "resume must be a string or null"),
