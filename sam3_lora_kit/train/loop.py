@@ -301,7 +301,6 @@ def _finish(model: nn.Module, out: Path, config: TrainConfig, device: torch.devi
     fields = dict(
         trainable_params=trainable,
         total_params=total,
-        trainable_percent=100.0 * trainable / max(total, 1),
         adapter_path=str(adapter_path),
         adapter_bytes=adapter_path.stat().st_size,
         adapter_mb=adapter_path.stat().st_size / 2**20,
@@ -324,5 +323,6 @@ def _finish(model: nn.Module, out: Path, config: TrainConfig, device: torch.devi
         metrics_path=str(out / METRICS_FILE),
         curves_path=str(out / CURVES_FILE) if curves else None,
     )
-    fields.update(summary_fields or {})
+    fields.update(summary_fields or {})  # may give the whole model's total_params (its text encoder since taken out)
+    fields["trainable_percent"] = 100.0 * fields["trainable_params"] / max(fields["total_params"], 1)
     return adapter_path, write_run_summary(out / SUMMARY_FILE, **fields)

@@ -222,7 +222,7 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
 
     model.to(device)
     fingerprint = run_fingerprint(config, model_size, model)  # of the whole model, before the text encoder is taken out
-    trainable, total = count_parameters(model)
+    total = count_parameters(model)[1]
     text_encoder = None
     if config.text_cache:
         text_encoder = cache_text_features(model, category_names, device, resolve_precision(config.precision, device))
@@ -250,8 +250,7 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
             summary_fields={"model_size": model_size, "dataset_dir": str(config.dataset_dir), "split": config.split,
                             "num_images": len(dataset), "image_size": image_size,
                             "activation_checkpointing": checkpointing, "frozen_dtype": frozen_dtype,
-                            "text_features": text_features, "trainable_params": trainable, "total_params": total,
-                            "trainable_percent": 100.0 * trainable / max(total, 1)},
+                            "text_features": text_features, "total_params": total},
             adapter_metadata={"preset": config.preset, "model_size": model_size, "rank": config.rank, "alpha": config.alpha,
                               "qkv": config.qkv, "target_modules": config.target_modules, "image_size": image_size,
                               "category_names": category_names},
