@@ -422,6 +422,10 @@ def _configs(settings: Settings) -> list[dict]:
     # the default configuration with its frozen text encoder run at every step instead of cached: what the cache saves
     full.append({**base, **steps, "size": "full", "image_size": image_size, "preset": DEFAULT_PRESET, "act_ckpt": True,
                  "frozen_dtype": "bfloat16", "text_cache": False})
+    if cuda:  # the trainer's defaults (batch 2, `auto` checkpointing and bf16 storage), against full fine-tuning at batch 2
+        full[6:6] = [{**base, **steps, "size": "full", "image_size": image_size, "preset": preset, "act_ckpt": True,
+                      "frozen_dtype": frozen, "batch_size": 2}
+                     for preset, frozen in ((DEFAULT_PRESET, "bfloat16"), ("full", "float32"))]
     if not cuda:  # the goal's configuration at the official size, by RSS, and full fine-tuning if it fits
         full += [{**base, **steps, "size": "full", "image_size": FULL_CUDA_IMAGE_SIZE, "preset": preset,
                   "act_ckpt": True, "frozen_dtype": frozen, "malloc_mmap_threshold": threshold}
@@ -512,9 +516,11 @@ def ratios(rows: list[dict]) -> list[dict]:
             continue
         full = next((r for r in rows if r["config"]["preset"] == "full" and r["config"]["size"] == spec["size"]
                      and r["config"]["act_ckpt"] == spec["act_ckpt"] and r["config"].get("image_size") == spec.get("image_size")
+                     and r["config"].get("batch_size", 1) == spec.get("batch_size", 1)
                      and _malloc(r["config"]) == _malloc(spec)), None)
         entry = {"size": spec["size"], "preset": spec["preset"], "act_ckpt": spec["act_ckpt"], "frozen": _frozen(spec),
                  "text": _text_encoder(row), "image_size": spec.get("image_size"), "malloc": _malloc(spec),
+                 "batch_size": spec.get("batch_size", 1),
                  "full_status": full.get("status") if full else "not run"}
         if full and full.get("status") == "ok":
             entry.update(full_over_lora_memory=_peak(full) / _peak(row), full_over_lora_time=full["s_per_step"] / row["s_per_step"])
@@ -528,7 +534,8 @@ def goals(rows: list[dict]) -> dict:
     from sam3_lora_kit.sam3 import DEFAULT_PRESET
 
     result = {}
-    default = [r for r in rows if r["config"]["size"] == "full" and r["config"]["preset"] == DEFAULT_PRESET and r.get("status") == "ok"]
+    default = [r for r in rows if r["config"]["size"] == "full" and r["config"]["preset"] == DEFAULT_PRESET and r.get("status") == "ok"
+               and r["config"].get("batch_size", 1) == 1]  # the goals are at batch 1
     cuda = [r for r in default if "cuda_peak_bytes" in r]
     result["lora_peak_gb_1008_cuda"] = {"limit": GOALS["lora_peak_gb_1008_cuda"],
                                         "value": min(r["cuda_peak_bytes"] for r in cuda) / 1e9 if cuda else None,
@@ -553,7 +560,7 @@ def _full_over_lora_goal(entries: list[dict], default_preset: str) -> dict:
     measured = []
     for entry in entries:  # the goal is about the full-size model (the tiny one's RSS is mostly the runtime)
         value = entry.get("full_over_lora_memory", entry.get("full_over_lora_memory_at_least"))
-        if entry["preset"] == default_preset and entry["size"] == "full" and value is not None:
+        if entry["preset"] == default_preset and entry["size"] == "full" and entry.get("batch_size", 1) == 1 and value is not None:
             measured.append((entry.get("image_size") or 0, value, entry))
     if not measured:
         return {"limit": GOALS["full_over_lora_memory"], "value": None, "met": None, "at_least": False, "act_ckpt": None,
@@ -607,7 +614,7 @@ def report(result: dict, out_dir) -> str:
                          and row["config"].get("image_size")} or {params["full_image_size"]})
     lines = [f"## {TITLE}{' on CUDA' if cuda else ''}", "",
              f"One process per configuration; peak RSS is the process's `VmHWM` (its whole resident peak: runtime, weights, "
-             f"gradients, optimizer state, activations). Batch 1, rank {params['rank']}, alpha {params['alpha']}, "
+             f"gradients, optimizer state, activations). Batch 1 unless the batch column says otherwise, rank {params['rank']}, alpha {params['alpha']}, "
              f"{params['optimizer']}; full-size model randomly initialised, at {' and '.join(map(str, full_sizes))} px "
              f"({params['precision']}). {params['note']}." + (
                  " CUDA peak: `torch.cuda.max_memory_allocated` over the last timed step (tensors only; the CUDA "
@@ -617,7 +624,7 @@ def report(result: dict, out_dir) -> str:
         spec = row["config"]
         ok = row.get("status") == "ok"
         rows.append([spec["size"], spec["preset"], "on" if spec["act_ckpt"] else "off", _frozen(spec), _text_encoder(row),
-                     spec.get("image_size") or "112", _malloc(spec), row.get("status", "")[:60],
+                     spec.get("image_size") or "112", spec.get("batch_size", 1), _malloc(spec), row.get("status", "")[:60],
                      _gib(row.get("peak_rss")) if "peak_rss" in row else "n/a",
                      _gib(row.get("cuda_peak_bytes")) if row.get("cuda_peak_bytes") else "",
                      f"{row['s_per_step']:.2f}" if ok else "n/a",
@@ -626,7 +633,7 @@ def report(result: dict, out_dir) -> str:
                      f"{row['percent_trainable']:.3f}" if ok else "n/a",
                      f"{row['trainable_bytes'] / 2**20:.1f}" if ok else "n/a",
                      f"{row['load_average_at_start'][0]:.1f}" if row.get("load_average_at_start") else "n/a"])
-    lines.append(markdown_table(["model", "preset", "act. ckpt", "frozen weights", "text encoder", "px", "malloc", "status", "peak RSS GiB", "CUDA peak GiB",
+    lines.append(markdown_table(["model", "preset", "act. ckpt", "frozen weights", "text encoder", "px", "batch", "malloc", "status", "peak RSS GiB", "CUDA peak GiB",
                                  "s/step", "warm-up+timed", "trainable", "trainable %", "trainable MiB (fp32)",
                                  "load avg at start"], rows))
     if any(r["config"]["warmup"] == 0 and r.get("status") == "ok" for r in body["runs"]):
@@ -635,12 +642,12 @@ def report(result: dict, out_dir) -> str:
                   "with its load (last column), so compare times only between rows of similar load; peak memory does not "
                   "depend on load."]
     lines += ["", "### Full fine-tuning against LoRA (same model, same checkpointing)", ""]
-    ratio_rows = [[e["size"], e.get("image_size") or "112", e.get("malloc", "default"), e["preset"], "on" if e["act_ckpt"] else "off", e.get("frozen", "fp32"),
+    ratio_rows = [[e["size"], e.get("image_size") or "112", e.get("batch_size", 1), e.get("malloc", "default"), e["preset"], "on" if e["act_ckpt"] else "off", e.get("frozen", "fp32"),
                    e.get("text", "per step"), f"{e['full_over_lora_memory']:.2f}" if "full_over_lora_memory" in e else
                    (f">= {e['full_over_lora_memory_at_least']:.2f}" if "full_over_lora_memory_at_least" in e else "n/a"),
                    f"{e['full_over_lora_time']:.2f}" if "full_over_lora_time" in e else "n/a", e["full_status"][:50]]
                   for e in body["ratios"]]
-    lines.append(markdown_table(["model", "px", "malloc", "LoRA preset", "act. ckpt", "LoRA frozen weights", "LoRA text encoder", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
+    lines.append(markdown_table(["model", "px", "batch", "malloc", "LoRA preset", "act. ckpt", "LoRA frozen weights", "LoRA text encoder", "full / LoRA peak memory", "full / LoRA s/step", "full run"], ratio_rows))
     lines += ["", "### Memory model against measurement (GiB)", "",
               "weights = parameters x their bytes (4 B, or 2 B for frozen weights stored in bf16; a cached text encoder's are gone); gradients = trainable x 4 B; AdamW = 2 x trainable x 4 B; activations = "
               "ViT blocks x bytes one block saves (or its input when checkpointed, plus one block recomputed) + what "

@@ -425,3 +425,23 @@ def test_layers_report_of_a_gpu_run_writes_its_own_plot(tmp_path):
     section = lora_layers.report(committed, tmp_path)
     assert (tmp_path / "lora_layers_cuda.png").is_file() and not (tmp_path / "lora_layers.png").exists()
     assert "(lora_layers_cuda.png)" in section and section.startswith(f"## {lora_layers.TITLE} (GPU)")
+
+
+def test_ratios_pair_runs_of_the_same_batch_and_goals_read_batch_1():
+    gib = 2**30
+
+    def row(preset, batch, cuda_peak_gib, frozen="float32"):
+        config = {"size": "full", "preset": preset, "act_ckpt": True, "image_size": 1008, "device": "cuda",
+                  "frozen_dtype": frozen, "batch_size": batch}
+        return {"config": config, "status": "ok", "peak_rss": 4 * gib, "cuda_peak_bytes": cuda_peak_gib * gib, "s_per_step": 1.0}
+
+    rows = [row("all-attn", 1, 4.0, "bfloat16"), row("full", 1, 16.0), row("all-attn", 2, 6.0, "bfloat16"), row("full", 2, 21.0)]
+    by_batch = {entry["batch_size"]: entry for entry in train_step.ratios(rows)}
+    assert by_batch[1]["full_over_lora_memory"] == pytest.approx(4.0)
+    assert by_batch[2]["full_over_lora_memory"] == pytest.approx(3.5)
+    goals = train_step.goals(rows)
+    assert goals["full_over_lora_memory"]["value"] == pytest.approx(4.0)
+    assert goals["lora_peak_gb_1008_cuda"]["value"] == pytest.approx(4.0 * gib / 1e9)
+    rows[0]["cuda_peak_bytes"] = 9 * gib  # batch 1 over the limit: batch 2's smaller figure must not stand in for it
+    rows[2]["cuda_peak_bytes"] = 5 * gib
+    assert train_step.goals(rows)["lora_peak_gb_1008_cuda"]["met"] is False
