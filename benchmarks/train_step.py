@@ -276,6 +276,8 @@ def _text_encoder(row: dict) -> str:
     cache, or with it off) or "trains" (full fine-tuning)."""
     if row["config"]["preset"] == "full":
         return "trains"
+    if "text_cache" not in row and row.get("status", "").startswith("not run"):  # never started: what it was set up for
+        return "cached" if row["config"].get("text_cache", True) else "per step"
     return "cached" if row.get("text_cache") else "per step"
 
 

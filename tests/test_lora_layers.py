@@ -442,6 +442,14 @@ def test_path_choice_follows_tokens_weight_size_and_dtype(in_features, out_featu
     assert _use_fused(x, torch.empty(out_features, in_features, dtype=dtype)) is fused
 
 
+def test_path_choice_never_folds_the_update_off_the_cpu():
+    from sam3_lora_kit.lora.layers import _use_fused
+
+    x, weight = torch.empty(5184, 1024), torch.empty(3072, 1024)  # folded on a CPU
+    assert _use_fused(x, weight)
+    assert not _use_fused(x.to("meta"), weight.to("meta"))
+
+
 def test_merged_linear_computes_exactly_the_base():
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(32, 48), 4, 8)
