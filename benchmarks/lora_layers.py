@@ -49,7 +49,7 @@ QUICK_SHAPES = [(256, 256), (256, 2048), (1024, 1024)]
 FEW_TOKENS = 200  # decoder queries: where the in-place formulation is chosen
 FEW_TOKEN_SHAPES = [(256, 256), (256, 2048)]  # the decoder's attention projections and MLP
 GOALS = {"linear_vs_base": 1.10, "linear_vs_base_feasible": 1.10, "linear_vs_peft": 0.90, "mha_vs_peft": 1.00,
-         "merged_vs_base": 1.02}
+         "merged_vs_base": 1.02, "unloaded_vs_base": 1.02}
 MIN_SAMPLE_S = 0.1  # each timed sample loops the call until it lasts this long
 MERGED_MIN_REPEATS = 9  # merged vs base runs the same kernels: only more samples shrink the noise
 MHA_MIN_REPEATS = 11  # attention dominates these cases: the three variants differ by a few percent
@@ -203,11 +203,13 @@ def _linear_case(in_features: int, out_features: int, batch: int, rank: int, tok
 def _merged_case(tokens: int, settings: Settings) -> dict:
     """A 256-wide transformer block (SAM 3's encoder/decoder width): merged LoRA against no LoRA.
 
-    Both run the same kernels, so this case gets at least ``MERGED_MIN_REPEATS`` samples; an
-    unchanged deep copy of the block runs beside them ("copy"), a control whose ratio to the
-    block is this run's noise alone (the same kernels on other memory).
+    "merged": ``merge_lora``, the LoRA wrappers left in place (they call their base modules);
+    "unloaded": ``unload_lora``, the base modules put back with the merged weights. Both run the
+    block's kernels, so this case gets at least ``MERGED_MIN_REPEATS`` samples; an unchanged deep
+    copy of the block runs beside them ("copy"), a control whose ratio to the block is this run's
+    noise alone (the same kernels on other memory).
     """
-    from sam3_lora_kit.lora import inject_lora, merge_lora
+    from sam3_lora_kit.lora import inject_lora, merge_lora, unload_lora
 
     device = settings.device
     settings = dataclasses.replace(settings, repeats=max(settings.repeats, MERGED_MIN_REPEATS))
@@ -217,13 +219,14 @@ def _merged_case(tokens: int, settings: Settings) -> dict:
     merged = copy.deepcopy(base)
     inject_lora(merged, ["self_attn", "linear1", "linear2"], rank=8, alpha=16)
     randomise_lora(merged)
+    unloaded = unload_lora(copy.deepcopy(merged)).requires_grad_(False)
     merge_lora(merged)
     merged.requires_grad_(False)
     x = torch.randn(1, tokens, 256, device=device, requires_grad=True)
     grad = torch.randn(1, tokens, 256, device=device)
     budget = _budget(settings, MERGED_BUDGET_S)
     out = {"tokens": tokens, "embed_dim": 256, "rank": 8}
-    modules = {"base": base, "copy": control, "merged": merged}
+    modules = {"base": base, "copy": control, "merged": merged, "unloaded": unloaded}
     train = {name: fwd_bwd_step(module, x, grad) for name, module in modules.items()}
     out["train"] = summarise(interleaved_times(train, settings, MIN_SAMPLE_S, budget, MERGED_MAX_REPEATS), "base")
     x_eval = x.detach()
@@ -325,6 +328,8 @@ def evaluate_goals(linear: list[dict], merged: list[dict], mha: list[dict]) -> d
         "linear_vs_peft": entry([c["vs_peft"]["ratio"]["lora"] for c in dense], GOALS["linear_vs_peft"]),
         "mha_vs_peft": entry([c["vs_peft"]["ratio"]["lora"] for c in mha], GOALS["mha_vs_peft"]),
         "merged_vs_base": entry([c[mode]["ratio"]["merged"] for c in merged for mode in ("train", "inference")], GOALS["merged_vs_base"]),
+        "unloaded_vs_base": entry([c[mode]["ratio"]["unloaded"] for c in merged for mode in ("train", "inference")],
+                                  GOALS["unloaded_vs_base"]),
     }
 
 
@@ -334,6 +339,7 @@ GOAL_TEXT = {
     "linear_vs_peft": "LoRALinear / PEFT LoRA Linear",
     "mha_vs_peft": "LoRAMultiheadAttention / PEFT MultiheadAttention LoRA",
     "merged_vs_base": "merged LoRA block / block without LoRA (train and inference)",
+    "unloaded_vs_base": "the same, merged and unloaded (`unload_lora`: the base modules back)",
 }
 
 
@@ -397,15 +403,16 @@ def report(result: dict, out_dir) -> str:
               f"ratios behind the median, i.e. this machine's noise on that case."]
     lines += ["", "### Merged LoRA against no LoRA (256-wide transformer block, rank 8)", ""]
     lines += [f"A merged LoRA layer runs its base module unchanged, so both columns time the same kernels and the "
-              f"ratio's distance from 1 is measurement noise ({_span(_pairs(c[mode]) for c in body['merged'] for mode in ('train', 'inference'))} "
+              f"ratio's distance from 1 is measurement noise plus the wrappers' Python calls, which `unload_lora` removes "
+              f"(column `unloaded`: the base modules put back with the merged weights) ({_span(_pairs(c[mode]) for c in body['merged'] for mode in ('train', 'inference'))} "
               f"paired samples per variant, each at least {body['parameters'].get('min_sample_s', 0) * 1000:.0f} ms). "
               "Control: an unchanged deep copy of the block, timed in the same rounds; its ratio to the block is "
               "the noise of this run alone.", ""]
     rows = [[c["tokens"], mode, fmt_ms(c[mode]["median_s"]["base"]), fmt_ms(c[mode]["median_s"]["merged"]),
-             fmt_ratio(c[mode]["ratio"]["merged"]), _spread(c[mode], "merged", "base"),
+             fmt_ratio(c[mode]["ratio"]["merged"]), _spread(c[mode], "merged", "base"), fmt_ratio(c[mode]["ratio"].get("unloaded")),
              fmt_ratio(c[mode]["ratio"].get("copy")), _spread(c[mode], "copy", "base"), _pairs(c[mode])]
             for c in body["merged"] for mode in ("train", "inference")]
-    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base", "paired ratios q1-q3",
+    lines.append(markdown_table(["tokens", "mode", "base ms", "merged ms", "merged/base", "paired ratios q1-q3", "unloaded/base",
                                  "control: copy/base", "control q1-q3", "pairs"], rows))
     lines += ["", "### Multi-head attention (E=256, 8 heads, rank 8, self-attention, fwd+bwd)", ""]
     rows = [[c["tokens"], fmt_ms(c["vs_base"]["median_s"]["base"]), fmt_ms(c["vs_base"]["median_s"]["lora"]),

@@ -18,6 +18,7 @@ _EXPORTS = {
     "lora_state_dict": "sam3_lora_kit.lora",
     "merge_lora": "sam3_lora_kit.lora",
     "save_adapter": "sam3_lora_kit.lora",
+    "unload_lora": "sam3_lora_kit.lora",
     "unmerge_lora": "sam3_lora_kit.lora",
     "pick_device": "sam3_lora_kit.runtime",
     "set_seed": "sam3_lora_kit.runtime",

@@ -45,6 +45,7 @@ def test_quick_json_structure(quick_results):
         assert case["saved_bytes"]["lora"] > 0
     assert {mode for case in body["merged"] for mode in ("train", "inference") if case[mode]["ratio"]["merged"] > 0} == {"train", "inference"}
     assert all(case[mode]["ratio"]["copy"] > 0 for case in body["merged"] for mode in ("train", "inference"))  # the control
+    assert all(case[mode]["ratio"]["unloaded"] > 0 for case in body["merged"] for mode in ("train", "inference"))
     assert all(case["vs_peft"]["ratio"]["lora"] > 0 for case in body["mha"])
     assert set(body["goals"]) == set(lora_layers.GOALS)
     assert all(isinstance(goal["met"], bool) for goal in body["goals"].values())

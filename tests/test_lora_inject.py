@@ -14,10 +14,13 @@ from sam3_lora_kit.lora import (
     LoRALinear,
     LoRAMultiheadAttention,
     inject_lora,
+    iter_lora_layers,
     load_adapter,
     lora_state_dict,
     merge_lora,
     save_adapter,
+    store_frozen_weights,
+    unload_lora,
     unmerge_lora,
 )
 
@@ -116,6 +119,41 @@ def test_merged_equals_unmerged_and_unmerge_restores(targets):
     assert restored.keys() == base_state.keys()
     for key, value in base_state.items():
         assert torch.allclose(restored[key], value, atol=1e-6), key
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_unload_gives_back_the_base_architecture_with_the_adapted_weights(store):
+    model, reference = _toy(), _toy()
+    inject_lora(model, ["self_attn", "linear1", "linear2", "head"], rank=4, alpha=8)
+    _randomise_b(model)
+    if store:
+        store_frozen_weights(model, min_numel=1)
+    x = torch.randn(3, 6, 8)
+    model.eval()
+    with torch.no_grad():
+        adapted = model(x)
+        unloaded = unload_lora(model)
+        assert unloaded is model
+        assert torch.allclose(unloaded(x), adapted, atol=1e-5)
+    assert not list(iter_lora_layers(unloaded))
+    assert {n: type(m) for n, m in unloaded.named_modules()} == {n: type(m) for n, m in reference.named_modules()}
+    assert unloaded.state_dict().keys() == reference.state_dict().keys()
+    assert all(p.dtype == torch.float32 for p in unloaded.parameters())
+    tolerance = 1e-2 if store else 0.0  # stored in bf16: every frozen tensor is rounded, the adapted ones move further
+    changed = [k for k, v in reference.state_dict().items()
+               if not torch.allclose(unloaded.state_dict()[k], v, rtol=tolerance, atol=tolerance)]
+    assert changed and all(k.endswith("weight") for k in changed)  # the adapters landed in the weights
+
+
+def test_unload_of_a_lora_layer_returns_its_base():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(8, 5), 2, 4)
+    _randomise_b(layer)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        expected = layer(x)
+        base = unload_lora(layer)
+        assert type(base) is nn.Linear and torch.allclose(base(x), expected, atol=1e-6)
 
 
 def test_zero_b_gives_identical_outputs():

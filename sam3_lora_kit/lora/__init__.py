@@ -9,6 +9,7 @@ from sam3_lora_kit.lora.inject import (
     lora_state_dict,
     merge_lora,
     name_matches,
+    unload_lora,
     unmerge_lora,
 )
 from sam3_lora_kit.lora.layers import LoRALayer, LoRALinear, LoRAMultiheadAttention
@@ -43,6 +44,7 @@ __all__ = [
     "saving_stored_weights",
     "store_frozen_weights",
     "stored_parameter_names",
+    "unload_lora",
     "unmerge_lora",
     "use_efficient_attention",
 ]
