@@ -242,8 +242,8 @@ def unload_lora(model: nn.Module) -> nn.Module:
 
     The result is the base architecture again, module for module, with the adapted weights: the
     same state-dict keys as before injection (save it as an ordinary checkpoint), no wrapper left
-    in the forward, and so no overhead at all (a merged wrapper still costs its Python calls, about
-    55 us per encoder block on a CPU; on a GPU that made a 0.3 ms block 1.27x slower). The adapters
+    in the forward, and so no overhead at all (a merged wrapper still costs its Python calls: on an
+    H200 a merged 256-wide encoder block ran at 1.27x the plain one in inference). The adapters
     are gone: ``unmerge_lora`` cannot undo this. Frozen weights stored in half precision
     (``store_frozen_weights``) become plain parameters of their compute dtype, as the base had them;
     frozen parameters stay frozen. Returns the base module itself when ``model`` is a LoRA layer.
