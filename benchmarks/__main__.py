@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Settings, machine_info
+from benchmarks.provenance import code_record
 from benchmarks.registry import load
 from benchmarks.report import write_readme
 
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"benchmarks: {module.NAME} ({'quick' if args.quick else 'full'}, {device}, {args.threads} threads)")
         machine = machine_info(device, args.threads)
+        code = code_record(module.SOURCES)  # before the run: the files it imports are the ones digested
         start = time.perf_counter()
         body = module.run(settings)
-        result = {"name": module.NAME, "title": module.TITLE, "quick": args.quick, "machine": machine,
+        result = {"name": module.NAME, "title": module.TITLE, "quick": args.quick, "machine": machine, "code": code,
                   "settings": {"repeats": settings.repeats, "warmup": settings.warmup, "threads": settings.threads,
                                "device": str(device), "order": "interleaved, rotated each repeat"},
                   "seconds": time.perf_counter() - start, "result": body}

@@ -26,6 +26,9 @@ from benchmarks.measure import measure_module
 
 NAME = "activations"
 TITLE = "Where a LoRA training step's activation memory goes (SAM 3, default preset)"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("sam3_lora_kit/lora", "sam3_lora_kit/sam3", "sam3_lora_kit/train", "sam3_lora_kit/data", "sam3_lora_kit/runtime.py",
+           "benchmarks/train_step.py", "benchmarks/activations.py")
 DEPTH = 3  # module-name parts a part is summed over: backbone.vision_backbone.trunk, transformer.decoder, ...
 OUTSIDE = "(outside any module)"
 SHOWN_PARTS = 8  # table rows per image size; the rest is summed into one row

@@ -22,6 +22,8 @@ from benchmarks.measure import measure_module, vm_bytes
 
 NAME = "attention"
 TITLE = "Attention with dropout on a CPU: PyTorch's path against the kit's blockwise path"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("sam3_lora_kit/lora/attention.py", "benchmarks/attention.py")
 VARIANTS = ("pytorch", "blockwise")
 DROPOUT = 0.1
 

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 NAME = "converter"
 TITLE = "Converter: sam3-lora convert against supervision (YOLO-seg and VOC to COCO)"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("sam3_lora_kit/data", "sam3_lora_kit/cli.py", "sam3_lora_kit/__init__.py", "sam3_lora_kit/_lazy.py", "benchmarks/converter.py")
 
 FULL_SIZES = [1000, 4000]  # train images; memory at two sizes shows whether it grows with the dataset
 QUICK_SIZES = [200]

@@ -40,6 +40,8 @@ from benchmarks.common import (
 
 NAME = "lora_layers"
 TITLE = "LoRA layers: kit vs PEFT vs frozen base"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("sam3_lora_kit/lora", "benchmarks/lora_layers.py")
 
 TOKENS = 72 * 72  # a 1008 px image through a patch-14 ViT
 SHAPES = [(1024, 1024), (1024, 3072), (1024, 4736), (256, 256), (256, 2048)]  # (in, out)

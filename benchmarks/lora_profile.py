@@ -30,6 +30,8 @@ from benchmarks.lora_layers import fwd_bwd_step, randomise_lora
 
 NAME = "lora_profile"
 TITLE = "Where LoRALinear's time goes: per-operator profile against the frozen layer"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("sam3_lora_kit/lora", "benchmarks/lora_layers.py", "benchmarks/lora_profile.py")
 
 TOKENS = 72 * 72  # a 1008 px image through a patch-14 ViT
 QUICK_TOKENS = 36 * 36

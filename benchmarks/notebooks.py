@@ -16,6 +16,8 @@ from benchmarks.common import Settings, markdown_table
 
 NAME = "notebooks"
 TITLE = "Notebooks under nbval: wall time per notebook"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("notebooks", "sam3_lora_kit", "benchmarks/notebooks.py")
 QUICK = False  # skipped by --quick
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"suite_minutes": 10.0}

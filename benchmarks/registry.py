@@ -1,7 +1,8 @@
 """The benchmarks ``python -m benchmarks`` knows, in the order it runs them.
 
-To add one: write ``benchmarks/<name>.py`` with ``NAME``, ``TITLE``, ``available()``, ``run()``
-and ``report()`` (see ``benchmarks/lora_layers.py``) and list its module here.
+To add one: write ``benchmarks/<name>.py`` with ``NAME``, ``TITLE``, ``SOURCES`` (what its figures
+depend on, see ``benchmarks/provenance.py``), ``available()``, ``run()`` and ``report()`` (see
+``benchmarks/lora_layers.py``) and list its module here.
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from benchmarks.common import Settings, markdown_table
 
 NAME = "sam3_presets"
 TITLE = "LoRA presets on SAM 3: adapter size and trainable share"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("sam3_lora_kit/lora", "sam3_lora_kit/sam3", "benchmarks/sam3_presets.py")
 
 
 def available() -> str | None:

@@ -46,6 +46,9 @@ from benchmarks.measure import vm_bytes
 
 NAME = "train_step"
 TITLE = "Training step: LoRA against full fine-tuning (SAM 3)"
+# What the figures depend on (besides the shared timing code): see benchmarks/provenance.py.
+SOURCES = ("sam3_lora_kit/lora", "sam3_lora_kit/sam3", "sam3_lora_kit/train", "sam3_lora_kit/data", "sam3_lora_kit/runtime.py",
+           "benchmarks/train_step.py")
 
 GIB = 2**30
 GUARD_BYTES = int(1.0 * GIB)  # stop a child when the machine has less than this available

@@ -234,6 +234,51 @@ def test_registry_lists_every_benchmark():
                      "notebooks"}
 
 
+def test_every_benchmark_names_sources_that_exist():
+    from benchmarks.provenance import SHARED_SOURCES, source_files
+
+    for module in registry.load():
+        files = source_files(module.SOURCES)
+        assert f"benchmarks/{module.NAME}.py" in files, module.NAME
+        assert set(SHARED_SOURCES) <= set(files)
+        assert all(not name.endswith(".pyc") for name in files)
+
+
+def test_quick_results_record_the_code_they_were_measured_with(quick_results, repo_root):
+    import hashlib
+
+    result = json.loads((quick_results / "lora_layers.json").read_text(encoding="utf-8"))
+    sources = result["code"]["sources"]
+    layers = "sam3_lora_kit/lora/layers.py"
+    assert sources[layers] == hashlib.sha256((repo_root / layers).read_bytes()).hexdigest()[:16]
+    assert "benchmarks/lora_layers.py" in sources and "sam3_lora_kit/data/convert.py" not in sources
+    readme = (quick_results / "README.md").read_text(encoding="utf-8")
+    assert readme.count("measured with the code as it stands") == len(list(quick_results.glob("*.json")))
+
+
+def test_provenance_names_what_changed_since_a_run(tmp_path):
+    from benchmarks.provenance import changed_sources, code_record, describe
+
+    for name in ("benchmarks/common.py", "benchmarks/measure.py", "pkg/a.py", "pkg/b.py", "pkg/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n", encoding="utf-8")
+    record = code_record(["pkg"], tmp_path)
+    assert record["commit"] is None  # not a git checkout
+    assert set(record["sources"]) == {"benchmarks/common.py", "benchmarks/measure.py", "pkg/a.py", "pkg/b.py"}
+    assert changed_sources(record, ["pkg"], tmp_path) == []
+    assert describe(record, ["pkg"], tmp_path) == "measured with the code as it stands"
+    (tmp_path / "pkg/notes.txt").write_text("not a source\n", encoding="utf-8")
+    assert changed_sources(record, ["pkg"], tmp_path) == []
+    (tmp_path / "pkg/a.py").write_text("# changed\n", encoding="utf-8")
+    (tmp_path / "pkg/b.py").unlink()
+    (tmp_path / "pkg/c.py").write_text("# new\n", encoding="utf-8")
+    assert changed_sources(record, ["pkg"], tmp_path) == ["pkg/a.py", "pkg/b.py", "pkg/c.py"]
+    assert describe(record, ["pkg"], tmp_path) == "**code changed since this run: `pkg/a.py`, `pkg/b.py`, `pkg/c.py`**"
+    assert describe(None, ["pkg"], tmp_path) == "code version not recorded"
+    with pytest.raises(FileNotFoundError, match="missing"):
+        code_record(["missing"], tmp_path)
+
+
 @pytest.mark.parametrize("in_features,out_features", lora_layers.SHAPES)
 def test_full_grid_covers_sam3_shapes(in_features, out_features):
     cases = lora_layers.grid(quick=False)
