@@ -46,14 +46,20 @@ def source_digests(paths: Iterable[str], root: Path = ROOT) -> dict[str, str]:
 
 
 def git_commit(root: Path = ROOT) -> str | None:
-    """The checked-out commit of ``root``, or None outside a git checkout."""
+    """The checked-out commit of ``root``, or None unless ``root`` is the top of a git checkout.
+
+    A folder inside some other repository (the kit copied into a project) gets None, not that
+    repository's commit.
+    """
     try:
-        completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
+        completed = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
+                                   text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    if completed.returncode != 0:
+    lines = completed.stdout.split("\n")
+    if completed.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != Path(root).resolve():
         return None
-    return completed.stdout.strip() or None
+    return lines[1].strip() or None
 
 
 def code_record(paths: Iterable[str], root: Path = ROOT) -> dict:

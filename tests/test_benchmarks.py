@@ -279,6 +279,17 @@ def test_provenance_names_what_changed_since_a_run(tmp_path):
         code_record(["missing"], tmp_path)
 
 
+def test_git_commit_is_the_checkouts_own(tmp_path, repo_root):
+    from benchmarks.provenance import git_commit
+
+    completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True)
+    if completed.returncode != 0:
+        pytest.skip("the repository is not a git checkout here")
+    assert git_commit(repo_root) == completed.stdout.strip()
+    assert git_commit(repo_root / "benchmarks") is None  # a folder inside a checkout is not one
+    assert git_commit(tmp_path) is None
+
+
 @pytest.mark.parametrize("in_features,out_features", lora_layers.SHAPES)
 def test_full_grid_covers_sam3_shapes(in_features, out_features):
     cases = lora_layers.grid(quick=False)
