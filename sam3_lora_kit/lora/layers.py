@@ -13,11 +13,11 @@ Speed: custom autograd functions return gradients for the input, ``A`` and ``B``
 for the frozen weight), so a frozen base layer with LoRA costs little more than the frozen base
 layer. With many tokens per weight (float32, ``tokens * (in + out) >= max(in * out, 2^19)``, every ViT
 layer at 1008 px) the update is folded into the weight, ``x @ (W + s * B @ A)^T``, because thin
-GEMMs with a rank-sized dimension run far below a large GEMM's speed (on CPU): forward, ``y``
-comes from one GEMM against ``W_eff`` (contiguous, laid out as ``nn.Linear``'s output) and
-``x @ A^T`` from one thin GEMM; backward, ``grad_x = grad_y @ W_eff`` comes out contiguous (for
-``out > 2 in``: one GEMM against ``[W_eff | s * B]`` gives it, as a column slice, together with
-``grad_y @ B``), and the two gradient reductions over tokens run as batched
+GEMMs with a rank-sized dimension run far below a large GEMM's speed (on CPU): one GEMM against
+``[W_eff; s * A]`` gives ``y`` and ``x @ A^T`` together forward (``y`` is then a column slice with
+row stride ``out + R``, rounded up to a multiple of 8); backward, ``grad_x = grad_y @ W_eff`` comes
+out contiguous (for ``out > 2 in``: one GEMM against ``[W_eff | s * B]`` gives it, as a column
+slice, together with ``grad_y @ B``), and the two gradient reductions over tokens run as batched
 products over token chunks when several CPU threads can share them. With few tokens (decoder queries, text) or
 in half precision (where adding a small update to the weight would round it away) the low-rank
 products are added into the base products in place instead. A merged layer runs its base module
@@ -105,6 +105,19 @@ def _factor_grads(ctx, x_2d, x_a, grad_y_2d, grad_y_b, scaling: float = 1.0) -> 
     return grad_A, grad_B
 
 
+def _untracked_columns(buffer: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The first ``shape[-1]`` columns of a contiguous ``(N, width)`` buffer as ``shape``, not tracked as a view.
+
+    A custom Function may not return a view of a tensor it made (in-place ops on it would then
+    fail), so the columns are handed out through ``set_`` on the same storage instead.
+    """
+    strides, step = [1], buffer.shape[1]
+    for size in reversed(shape[:-1]):  # leading dims, row-major over rows of ``width``
+        strides.insert(0, step)
+        step *= size
+    return buffer.new_empty(0).set_(buffer.untyped_storage(), buffer.storage_offset(), tuple(shape), tuple(strides))
+
+
 class _LoRALinearFunction(torch.autograd.Function):
     """``y = x @ W^T + b + s * (x @ A^T) @ B^T`` for a frozen ``W``/``b``.
 
@@ -150,35 +163,34 @@ class _LoRALinearFunction(torch.autograd.Function):
 class _LoRALinearFusedFunction(torch.autograd.Function):
     """The same ``y`` as ``_LoRALinearFunction`` computed as ``x @ (W + s * B @ A)^T + b``.
 
-    Forward: ``y`` from one GEMM against ``W_eff`` (contiguous, written through ``out=`` as the
-    in-place path writes it) and ``s * x @ A^T`` from one thin GEMM. (Stacking ``[W_eff; s * A]``
-    into one GEMM gives both from one read of ``x``, but ``y`` is then a column slice of a wider
-    buffer, on which ``view`` merging its last dimension raises where ``nn.Linear``'s output
-    allows it; measured on CPU, 5184 tokens, rank 8, paired runs, the contiguous forward cost
-    0.99-1.01x the stacked one at 256x256, 256x2048, 1024x3072 and 1024x4736, and 0.99-1.04x at
-    1024x1024.) Backward: one GEMM against the stacked ``[W_eff | s * B]`` (out, in + R, padded
-    to a multiple of 8) yields ``grad_x`` (returned as a column slice: only autograd sees it) and
-    ``s * grad_y @ B`` where ``out > 2 * in``; otherwise ``grad_x = grad_y @ W_eff`` comes out
-    contiguous and ``s * grad_y @ B`` from a thin product.
+    Forward: one GEMM against the stacked ``[W_eff; s * A]`` (out + R, in) yields ``y`` and
+    ``s * x @ A^T`` at once; ``y`` is the first ``out`` columns of that product (row stride
+    ``out + R`` rounded up to a multiple of 8 with zero rows; ``reshape`` and splitting views
+    work, ``view`` merging the last dimension does not). Backward: one GEMM against the stacked
+    ``[W_eff | s * B]`` (out, in + R, padded alike) yields ``grad_x`` (returned as a column
+    slice) and ``s * grad_y @ B`` where ``out > 2 * in``; otherwise ``grad_x = grad_y @ W_eff``
+    comes out contiguous and ``s * grad_y @ B`` from a thin product.
     ``W_eff`` is rebuilt rather than saved, so no weight-sized tensor is kept for backward.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float):  # type: ignore[override]
         out_features, in_features = weight.shape
-        weight_eff = torch.addmm(weight, lora_B, lora_A, alpha=scaling)  # (out, in)
+        rank = lora_A.shape[0]
+        width = _aligned(out_features + rank)
+        stacked = weight.new_empty(width, in_features)  # [W_eff; s * A; 0]
+        torch.addmm(weight, lora_B, lora_A, alpha=scaling, out=stacked[:out_features])
+        torch.mul(lora_A, scaling, out=stacked[out_features:out_features + rank])
+        stacked[out_features + rank:].zero_()
         x_2d = x.reshape(-1, in_features)  # (N, in)
-        y = x.new_empty(*x.shape[:-1], out_features)  # (..., out), contiguous and not a view made here
-        y_2d = y.view(-1, out_features)  # (N, out)
         if bias is None:
-            torch.mm(x_2d, weight_eff.t(), out=y_2d)
+            both = x_2d @ stacked.t()  # (N, width)
         else:
-            torch.addmm(bias, x_2d, weight_eff.t(), out=y_2d)
-        # (N, R) scaled; A^T as a view of the contiguous A (the fast layout, see _times_b)
-        x_a = torch.addmm(x_2d.new_empty(x_2d.shape[0], lora_A.shape[0]), x_2d, lora_A.t(), beta=0, alpha=scaling)
+            both = torch.addmm(torch.cat([bias, bias.new_zeros(width - out_features)]), x_2d, stacked.t())
+        x_a = both[:, out_features:out_features + rank].clone()  # (N, R) scaled; a copy, so y's buffer is not kept
         ctx.save_for_backward(x, weight, lora_A, lora_B, x_a)
         ctx.scaling = scaling
-        return y
+        return _untracked_columns(both, (*x.shape[:-1], out_features))  # (..., out), row stride width
 
     @staticmethod
     @once_differentiable  # a second derivative through it raises rather than being wrong
