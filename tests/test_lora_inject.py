@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sam3_lora_kit.lora import (
     AdapterError,
@@ -143,6 +144,52 @@ def test_unload_gives_back_the_base_architecture_with_the_adapted_weights(store)
     changed = [k for k, v in reference.state_dict().items()
                if not torch.allclose(unloaded.state_dict()[k], v, rtol=tolerance, atol=tolerance)]
     assert changed and all(k.endswith("weight") for k in changed)  # the adapters landed in the weights
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Every ATen operator dispatched while active, with its tensor arguments' shapes, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append((str(func), tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))))
+        return func(*args, **(kwargs or {}))
+
+
+def _dispatched_ops(module: nn.Module, x: torch.Tensor, training: bool) -> list[tuple[str, tuple]]:
+    """The operators one forward (+ backward to ``x`` when training) of ``module`` dispatches."""
+    module.train(training)
+    x = x.detach().requires_grad_(training)
+    with _OpRecorder() as recorder:
+        if training:
+            module(x).sum().backward()
+        else:
+            with torch.no_grad():
+                module(x)
+    return recorder.ops
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])
+def test_merged_and_unloaded_blocks_dispatch_exactly_the_base_blocks_operators(training):
+    """The "merged costs nothing" claim, exactly rather than by timing: a merged LoRA block (wrappers
+    in place) and an unloaded one run the same ATen operators on the same shapes, in the same order,
+    as the block without LoRA, forward and backward; in inference that includes PyTorch's fused
+    encoder-layer fast path. The unmerged block, as a check on the check, does not."""
+    torch.manual_seed(0)
+    base = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).requires_grad_(False)
+    lora = copy.deepcopy(base)
+    inject_lora(lora, ["self_attn", "linear1", "linear2"], rank=4, alpha=8)
+    _randomise_b(lora)
+    merged = merge_lora(copy.deepcopy(lora)).requires_grad_(False)
+    unloaded = unload_lora(copy.deepcopy(lora)).requires_grad_(False)
+    x = torch.randn(2, 10, 32)  # (N, L, E)
+    expected = _dispatched_ops(base, x, training)
+    assert expected  # inference: one fused operator (aten._transformer_encoder_layer_fwd) where the fast path applies
+    assert _dispatched_ops(merged, x, training) == expected
+    assert _dispatched_ops(unloaded, x, training) == expected
+    assert _dispatched_ops(lora, x, training) != expected
 
 
 def test_unload_of_a_lora_layer_returns_its_base():
