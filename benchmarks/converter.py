@@ -9,17 +9,20 @@ images hard-linked). Each converter runs end to end as its own process, one afte
   output is a self-contained dataset);
 - kit, linked: the same with ``--link`` (images linked, not copied: like supervision's output,
   annotations that point at the source images). The kit makes hard links where it can (here: the
-  same file system), so no new inode per image. Outside the benchmark, in a fresh folder on this
-  machine's ext4 disk, 4,010 new files (or symbolic links) cost up to 3.2 s of kernel time and
-  4,010 hard links 0.05 s; here, where each run re-creates its output in place, copying and
-  linking take about the same time;
+  same file system), so no new inode per image;
 - supervision: ``sv.DetectionDataset.from_yolo(...)`` / ``from_pascal_voc(...)`` then
   ``.as_coco(annotations_path=...)`` per split (annotations only; images not written).
 
-Each pair runs ``--repeats`` times (who goes first alternates; outputs are deleted between runs,
-outside the timed process, and ``os.sync()`` then flushes what earlier runs wrote and deleted, so
-no timed run waits on another's disk writes: the kit's runs each write thousands of image
-files, and without it their wall times spread 2x between repeats). Reported: images/s and instances/s over the whole command
+Each pair runs ``--repeats`` times (who goes first alternates). Every run writes a new folder and
+no output is deleted before the benchmark ends: on this machine's ext4 (kernel 6.18), a new inode is
+not taken from those freed in the last minute or so, and ``find_inode_bit`` steps past each of them
+(``recently_deleted``, 60 % of the samples in ``perf record``), so a run that creates 4,010 files
+just after earlier runs deleted theirs spent 2.5-2.9 s of kernel time against 0.4-0.7 s in a new
+folder (VOC, 4,010 images, by hand: 2.7-3.2 s wall against 1.05-1.27 s). A user's conversion into a
+new folder does not meet that state; the earlier protocol (delete, then re-create in place) made
+every kit run after the first meet it. ``os.sync()`` before each run flushes what earlier runs
+wrote, so no timed run waits on another's disk writes.
+Reported: images/s and instances/s over the whole command
 (interpreter start and imports included; median of the repeats; both sides import from cached
 bytecode, see ``compile_bytecode``), peak RSS (the process's ``VmHWM``), the kit/supervision ratios, and image and
 annotation counts of both outputs, which must be equal.
@@ -171,59 +174,65 @@ def run(settings: Settings, log=print) -> dict:
     sample = sample_data_dir() / "yolo-segmentation"
     compile_bytecode()
     rows = []
-    for train_images in QUICK_SIZES if settings.quick else FULL_SIZES:
-        with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
-            tmp = Path(tmp)
-            made = make_yolo_input(sample, tmp / "yolo", train_images)
-            make_voc_input(tmp / "yolo", tmp / "voc")
-            for fmt in ("yolo", "voc"):
-                src = tmp / fmt
-                kit_out, sv_out = tmp / f"kit-{fmt}", tmp / f"sv-{fmt}"
-                link_out = tmp / f"kit-link-{fmt}"
-                kit_runs, sv_runs, link_runs = [], [], []
-                for repeat in range(settings.repeats):  # rotate who goes first: file-system state drifts
-                    order = ("kit", "sv", "link")[repeat % 3:] + ("kit", "sv", "link")[:repeat % 3]
-                    for side in order:
-                        if side in ("kit", "link"):
-                            out = kit_out if side == "kit" else link_out
-                            shutil.rmtree(out, ignore_errors=True)  # not in the kit's time: --overwrite would delete it
-                            os.sync()  # earlier runs' writes and deletions reach the disk before the clock starts
-                            argv = ["convert", str(src), str(out), "--format", fmt, "--overwrite"] + (["--link"] if side == "link" else [])
-                            (kit_runs if side == "kit" else link_runs).append(measure_module("sam3_lora_kit.cli", argv))
-                        else:
-                            shutil.rmtree(sv_out, ignore_errors=True)
-                            os.sync()
-                            sv_runs.append(_measure_supervision(fmt, src, sv_out))
-                kit, sv = _combine(kit_runs), _combine(sv_runs)
-                kit["counts"] = kit_counts(kit_out)
-                sv["counts"] = sv_runs[-1]["counts"]
-                row = {"format": fmt, "images": made["images"], "instances": made["instances"], "kit": kit, "supervision": sv}
-                for side in (kit, sv):
-                    side["images_per_s"] = made["images"] / side["wall_s"]
-                    side["instances_per_s"] = made["instances"] / side["wall_s"]
-                row["counts_equal"] = kit["counts"] == sv["counts"]
-                # kit images/s over supervision's: the median over repeats of the paired ratio
-                row["throughput_ratio"] = statistics.median(s_["wall_s"] / k["wall_s"] for k, s_ in zip(kit_runs, sv_runs))
-                # the same, with supervision's import time removed from its side only (conservative for the kit)
-                row["throughput_ratio_sv_without_import"] = (
-                    statistics.median(s_["convert_s"] / k["wall_s"] for k, s_ in zip(kit_runs, sv_runs))
-                    if all(s_.get("convert_s") for s_ in sv_runs) else None)
-                row["memory_ratio"] = (kit["peak_rss"] / sv["peak_rss"]) if kit["peak_rss"] and sv["peak_rss"] else None
-                linked = _combine(link_runs)
-                linked["counts"] = kit_counts(link_out)
-                linked["images_per_s"] = made["images"] / linked["wall_s"]
-                row["kit_linked"] = linked
-                row["counts_equal"] = row["counts_equal"] and linked["counts"] == sv["counts"]
-                row["throughput_ratio_linked"] = statistics.median(s_["wall_s"] / k["wall_s"] for k, s_ in zip(link_runs, sv_runs))
-                rows.append(row)
-                log(f"  {fmt:<4} {made['images']:>5} images: kit {kit['images_per_s']:.0f} img/s "
-                    f"{(kit['peak_rss'] or 0) / 2**20:.0f} MiB, supervision {sv['images_per_s']:.0f} img/s "
-                    f"{(sv['peak_rss'] or 0) / 2**20:.0f} MiB, x{row['throughput_ratio']:.2f} (linked x{row['throughput_ratio_linked']:.2f}), "
-                    f"counts equal: {row['counts_equal']}")
+    # One folder for every size and run, deleted only at the end: see the module docstring (inodes freed
+    # seconds before cost each later file creation on this machine's ext4).
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp_root:
+        for train_images in QUICK_SIZES if settings.quick else FULL_SIZES:
+            rows.extend(_run_size(sample, Path(tmp_root) / f"n{train_images}", train_images, settings.repeats, log))
     return {"parameters": {"sample": str(sample), "sizes": QUICK_SIZES if settings.quick else FULL_SIZES,
                            "goals": GOALS, "supervision_backend": _sv_backend(),
-                           "bytecode": "cached for both sides (compile_bytecode before the timed runs)"},
+                           "bytecode": "cached for both sides (compile_bytecode before the timed runs)",
+                           "outputs": "each run writes a new folder; none is deleted before the benchmark ends"},
             "runs": rows, "goals": goals(rows)}
+
+
+def _run_size(sample: Path, tmp: Path, train_images: int, repeats: int, log) -> list[dict]:
+    """Every format at one dataset size: ``repeats`` runs of each side, each into a folder of its own."""
+    made = make_yolo_input(sample, tmp / "yolo", train_images)
+    make_voc_input(tmp / "yolo", tmp / "voc")
+    rows = []
+    for fmt in ("yolo", "voc"):
+        src = tmp / fmt
+        kit_runs, sv_runs, link_runs = [], [], []
+        kit_out = link_out = None
+        for repeat in range(repeats):  # rotate who goes first: file-system state drifts
+            order = ("kit", "sv", "link")[repeat % 3:] + ("kit", "sv", "link")[:repeat % 3]
+            for side in order:
+                out = tmp / f"{side}-{fmt}-{repeat}"  # new: nothing deleted, nothing to overwrite
+                os.sync()  # earlier runs' writes reach the disk before the clock starts
+                if side in ("kit", "link"):
+                    argv = ["convert", str(src), str(out), "--format", fmt] + (["--link"] if side == "link" else [])
+                    (kit_runs if side == "kit" else link_runs).append(measure_module("sam3_lora_kit.cli", argv))
+                    kit_out, link_out = (out, link_out) if side == "kit" else (kit_out, out)
+                else:
+                    sv_runs.append(_measure_supervision(fmt, src, out))
+        kit, sv = _combine(kit_runs), _combine(sv_runs)
+        kit["counts"] = kit_counts(kit_out)
+        sv["counts"] = sv_runs[-1]["counts"]
+        row = {"format": fmt, "images": made["images"], "instances": made["instances"], "kit": kit, "supervision": sv}
+        for side in (kit, sv):
+            side["images_per_s"] = made["images"] / side["wall_s"]
+            side["instances_per_s"] = made["instances"] / side["wall_s"]
+        row["counts_equal"] = kit["counts"] == sv["counts"]
+        # kit images/s over supervision's: the median over repeats of the paired ratio
+        row["throughput_ratio"] = statistics.median(s_["wall_s"] / k["wall_s"] for k, s_ in zip(kit_runs, sv_runs))
+        # the same, with supervision's import time removed from its side only (conservative for the kit)
+        row["throughput_ratio_sv_without_import"] = (
+            statistics.median(s_["convert_s"] / k["wall_s"] for k, s_ in zip(kit_runs, sv_runs))
+            if all(s_.get("convert_s") for s_ in sv_runs) else None)
+        row["memory_ratio"] = (kit["peak_rss"] / sv["peak_rss"]) if kit["peak_rss"] and sv["peak_rss"] else None
+        linked = _combine(link_runs)
+        linked["counts"] = kit_counts(link_out)
+        linked["images_per_s"] = made["images"] / linked["wall_s"]
+        row["kit_linked"] = linked
+        row["counts_equal"] = row["counts_equal"] and linked["counts"] == sv["counts"]
+        row["throughput_ratio_linked"] = statistics.median(s_["wall_s"] / k["wall_s"] for k, s_ in zip(link_runs, sv_runs))
+        rows.append(row)
+        log(f"  {fmt:<4} {made['images']:>5} images: kit {kit['images_per_s']:.0f} img/s "
+            f"{(kit['peak_rss'] or 0) / 2**20:.0f} MiB, supervision {sv['images_per_s']:.0f} img/s "
+            f"{(sv['peak_rss'] or 0) / 2**20:.0f} MiB, x{row['throughput_ratio']:.2f} (linked x{row['throughput_ratio_linked']:.2f}), "
+            f"counts equal: {row['counts_equal']}")
+    return rows
 
 
 def _measure_supervision(fmt: str, src: Path, dst: Path) -> dict:
