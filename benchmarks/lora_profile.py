@@ -177,7 +177,7 @@ def report(result: dict, out_dir) -> str:
              f"{parameters.get('rounds', 1)} alternating turns; every operator's self CPU time per step, summed by kind. "
              "\"Extra\" is the kit's time in that kind less the base's, in ms per step and as a share of the base's "
              "profiled step. Big GEMMs: matrix products with at least half a base product's FLOPs (the kit's carry "
-             "its extra rank columns: `x A^T` forward, `grad_y B` backward where out > 2 in); rank-sized products: "
+             "its extra rank columns: `x A^T` forward, `grad_y B` backward where the backward stacks it, see `_stacked_backward`); rank-sized products: "
              "the other matrix products (`grad_y B`, `B A` where the weight is rebuilt, the two reductions over "
              "tokens that give `grad_A` and `grad_B`); the rest: the custom autograd function's Python, views, "
              "allocation and autograd bookkeeping. The profiler adds a cost per operator (more to the kit's dozen "

@@ -318,6 +318,7 @@ FUSED_GRAD_CASES = [
     (256, 256, 8, False, (2, 517)),
     (32, 512, 16, True, (600,)),
     (128, 48, 4, True, (3, 257)),
+    (1024, 1024, 8, True, (600,)),  # square and 1024 wide: the stacked backward
 ]
 
 
@@ -351,11 +352,13 @@ def test_fused_path_gradients_are_as_accurate_as_peft(in_features, out_features,
         assert mine <= 2e-6
 
 
-@pytest.mark.parametrize("in_features,out_features,contiguous", [(256, 256, True), (64, 128, True), (32, 512, False)])
-def test_fused_backward_hands_a_contiguous_input_gradient_unless_out_is_wide(in_features, out_features, contiguous,
-                                                                            small_fused_floor):
+@pytest.mark.parametrize("in_features,out_features,contiguous",
+                         [(256, 256, True), (64, 128, True), (1024, 512, True), (32, 512, False), (1024, 1024, False)])
+def test_fused_backward_hands_a_contiguous_input_gradient_unless_stacked(in_features, out_features, contiguous,
+                                                                         small_fused_floor):
     """Where ``out <= 2 in`` grad_x comes from its own GEMM (contiguous: nobody downstream copies it);
-    wider outputs take it as a column slice of one stacked GEMM, which saves re-reading grad_y."""
+    wider outputs, and square layers 1024 wide or more, take it as a column slice of one stacked GEMM,
+    which saves re-reading grad_y in a thin product (``_stacked_backward``)."""
     from sam3_lora_kit.lora.layers import _use_fused
 
     layer = LoRALinear(nn.Linear(in_features, out_features), 4, 8)

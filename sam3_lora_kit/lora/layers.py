@@ -16,8 +16,8 @@ layer at 1008 px) the update is folded into the weight, ``x @ (W + s * B @ A)^T`
 GEMMs with a rank-sized dimension run far below a large GEMM's speed (on CPU): one GEMM against
 ``[W_eff; s * A]`` gives ``y`` and ``x @ A^T`` together forward (``y`` is then a column slice with
 row stride ``out + R``, rounded up to a multiple of 8); backward, ``grad_x = grad_y @ W_eff`` comes
-out contiguous (for ``out > 2 in``: one GEMM against ``[W_eff | s * B]`` gives it, as a column
-slice, together with ``grad_y @ B``), and the two gradient reductions over tokens run as batched
+out contiguous (for ``out > 2 in``, and square layers 1024 wide or more: one GEMM against
+``[W_eff | s * B]`` gives it, as a column slice, together with ``grad_y @ B``), and the two gradient reductions over tokens run as batched
 products over token chunks when several CPU threads can share them. With few tokens (decoder queries, text) or
 in half precision (where adding a small update to the weight would round it away) the low-rank
 products are added into the base products in place instead. A merged layer runs its base module
@@ -168,8 +168,9 @@ class _LoRALinearFusedFunction(torch.autograd.Function):
     ``out + R`` rounded up to a multiple of 8 with zero rows; ``reshape`` and splitting views
     work, ``view`` merging the last dimension does not). Backward: one GEMM against the stacked
     ``[W_eff | s * B]`` (out, in + R, padded alike) yields ``grad_x`` (returned as a column
-    slice) and ``s * grad_y @ B`` where ``out > 2 * in``; otherwise ``grad_x = grad_y @ W_eff``
-    comes out contiguous and ``s * grad_y @ B`` from a thin product.
+    slice) and ``s * grad_y @ B`` where ``_stacked_backward`` says so (``out > 2 in``, or square
+    and at least 1024 wide); otherwise ``grad_x = grad_y @ W_eff`` comes out contiguous and
+    ``s * grad_y @ B`` from a thin product.
     ``W_eff`` is rebuilt rather than saved, so no weight-sized tensor is kept for backward.
     """
 
@@ -200,11 +201,7 @@ class _LoRALinearFusedFunction(torch.autograd.Function):
         out_features, in_features = weight.shape
         grad_y_2d = grad_y.reshape(-1, out_features)  # (N, out)
         grad_x = None
-        if ctx.needs_input_grad[0] and 2 * in_features >= out_features:
-            # grad_x contiguous: a column slice of a stacked product would be copied by whoever
-            # takes it next (its ``N x in`` read and written), which costs more than reading
-            # grad_y once more for the thin ``grad_y @ B`` (measured, CPU, N = 5184, rank 8: 256x256
-            # 1.36 -> 1.26x the frozen layer, 1024x1024 1.08 -> 1.05x; 256x2048 1.14 -> 1.16x).
+        if ctx.needs_input_grad[0] and not _stacked_backward(in_features, out_features):
             grad_x = (grad_y_2d @ torch.addmm(weight, lora_B, lora_A, alpha=scaling)).view(x.shape)  # (..., in)
             grad_y_b = _times_b(grad_y_2d, lora_B, scaling)  # (N, R) scaled
         elif ctx.needs_input_grad[0]:
@@ -220,6 +217,19 @@ class _LoRALinearFusedFunction(torch.autograd.Function):
             grad_y_b = _times_b(grad_y_2d, lora_B, scaling)  # (N, R) scaled
         grad_A, grad_B = _factor_grads(ctx, x.reshape(-1, in_features), x_a, grad_y_2d, grad_y_b)
         return grad_x, None, None, grad_A, grad_B, None
+
+
+def _stacked_backward(in_features: int, out_features: int) -> bool:
+    """Whether the fused backward takes ``grad_x`` and ``grad_y @ B`` from one GEMM against ``[W_eff | s * B]``.
+
+    Its ``grad_x`` is then a column slice, which whoever takes it next copies (``N x in`` read and
+    written); the other way reads ``grad_y`` (``N x out``) once more in a thin ``grad_y @ B``, which
+    MKL runs far below the memory's speed once ``out`` is large. Measured (CPU, 2 threads, 5184
+    tokens, fwd + bwd, paired, stacked / contiguous): 1024x1024 0.945 (rank 8), 0.976 (16), 0.969
+    (32); 256x256 1.03 (8), 1.01 (16); 4736x1024 1.05 and 2048x256 1.16 (8); earlier, for
+    ``out > 2 in``, 256x2048 0.98.
+    """
+    return out_features > 2 * in_features or (out_features >= in_features >= 1024)
 
 
 def _use_fused(x: torch.Tensor, weight: torch.Tensor) -> bool:
