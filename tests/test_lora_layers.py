@@ -318,7 +318,7 @@ FUSED_GRAD_CASES = [
     (256, 256, 8, False, (2, 517)),
     (32, 512, 16, True, (600,)),
     (128, 48, 4, True, (3, 257)),
-    (1024, 1024, 8, True, (600,)),  # square and 1024 wide: the stacked backward
+    (1024, 1024, 8, True, (600,)),  # out >= in >= 1024: the stacked backward
 ]
 
 
@@ -357,7 +357,7 @@ def test_fused_path_gradients_are_as_accurate_as_peft(in_features, out_features,
 def test_fused_backward_hands_a_contiguous_input_gradient_unless_stacked(in_features, out_features, contiguous,
                                                                          small_fused_floor):
     """Where ``out <= 2 in`` grad_x comes from its own GEMM (contiguous: nobody downstream copies it);
-    wider outputs, and square layers 1024 wide or more, take it as a column slice of one stacked GEMM,
+    wider outputs, and layers with out >= in >= 1024, take it as a column slice of one stacked GEMM,
     which saves re-reading grad_y in a thin product (``_stacked_backward``)."""
     from sam3_lora_kit.lora.layers import _use_fused
 
