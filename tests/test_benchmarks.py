@@ -143,6 +143,9 @@ def test_quick_converter(quick_results):
         assert run["kit"]["returncode"] == 0 and run["supervision"]["returncode"] == 0, run["kit"]["stderr_tail"]
         assert run["counts_equal"] and run["kit"]["counts"]["images"] == run["images"]
         assert run["kit"]["peak_rss"] > 0 and run["supervision"]["peak_rss"] > 0
+        # the kit's peak counts its file-writing child too, measured apart
+        assert run["kit"]["file_writer_peak_rss"] > 0
+        assert run["kit"]["peak_rss"] == run["kit"]["process_peak_rss"] + run["kit"]["file_writer_peak_rss"]
 
 
 def test_converter_compiles_both_sides_bytecode_before_timing(tmp_path, monkeypatch):

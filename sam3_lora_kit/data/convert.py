@@ -9,11 +9,12 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
+from sam3_lora_kit.data.file_writer import FileWriterProcess
 from sam3_lora_kit.data.paths import SPLIT_NAMES, check_no_escaping_links, find_split_dir, safe_extract_zip
 from sam3_lora_kit.data.pipeline import SplitTracker, check_strict, finish_report, iter_split
 from sam3_lora_kit.data.quirks import QuirkLog
@@ -150,18 +151,23 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
                 quirks.add("linked_as_copy", str(src))
                 link = False
             report = ConversionReport(src=str(src), format=reader.format, dst=str(dst))
-            report.categories = reader.categories()
             tracker = SplitTracker()
             out = scratch / "out"
-            for split in splits:
-                stats = report.splits.setdefault(split, SplitStats())
-                keep_out = dst if link and dst.is_dir() else None  # what --overwrite deletes
-                with SplitWriter(out / split, report.categories, link=link, keep_out=keep_out) as writer:
-                    for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
-                        writer.add(source, image)
-                    writer.finish()
-                for number, source in enumerate(writer.copied_examples):  # the count once, then examples
-                    quirks.add("linked_into_output", str(source), count=writer.copied_not_linked if number == 0 else 0)
+            # copies are written by a child process, started first so that it starts while the categories
+            # are read (None where none starts: the writer's thread writes them)
+            with (nullcontext() if link else FileWriterProcess.start() or nullcontext()) as file_writer:
+                report.categories = reader.categories()
+                for split in splits:
+                    stats = report.splits.setdefault(split, SplitStats())
+                    keep_out = dst if link and dst.is_dir() else None  # what --overwrite deletes
+                    with SplitWriter(out / split, report.categories, link=link, keep_out=keep_out,
+                                     file_writer=file_writer) as writer:
+                        for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
+                            writer.add(source, image)
+                        writer.finish()
+                    for number, source in enumerate(writer.copied_examples):  # the count once, then examples
+                        quirks.add("linked_into_output", str(source),
+                                   count=writer.copied_not_linked if number == 0 else 0)
             before = {}
             if src.is_file():
                 quirks.relabel(lambda text: archive_path_text(text, scratch, src))

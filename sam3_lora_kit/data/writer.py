@@ -2,10 +2,11 @@
 
 Memory stays flat with the split's size: each image's and annotation's JSON is appended to an
 unnamed temporary file as it comes, and ``finish`` joins them into ``_annotations.coco.json``
-(byte for byte what ``json.dumps`` of the whole document gives). Image files are written (or
-linked: hard links where possible, else symbolic links) by one background thread, so the file
-system's latency overlaps with the cleaning of the next images; about ``QUEUED_IMAGES`` images
-wait in memory at a time.
+(byte for byte what ``json.dumps`` of the whole document gives). Copies of image files are
+written by a child process where the caller hands one over (``file_writer``: its own
+interpreter lock, so the system calls run beside the cleaning of the next images); links (hard
+links where possible, else symbolic links) and the other copies by one background thread, about
+``QUEUED_IMAGES`` images waiting in memory at a time.
 """
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ from types import TracebackType
 
 from sam3_lora_kit.data.clean import CleanImage
 from sam3_lora_kit.data.errors import DataError
+from sam3_lora_kit.data.file_writer import FileWriterProcess, write_bytes
 from sam3_lora_kit.data.paths import KIT_DESCRIPTION
 
 ANNOTATION_FILE = "_annotations.coco.json"
 QUEUED_IMAGES = 16  # images handed to the placing thread and not yet on disk (about)
 BATCH_IMAGES = 4  # images handed over at a time
 _COMPACT = (",", ":")
-# what open(target, "wb") asks for: binary (Windows), not inherited by child processes
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 # How an image is placed when linking: the first that works, remembered for the split's next files.
@@ -68,21 +68,10 @@ def place_file(source: Path, target: str | Path, data: bytes | None, link: bool,
                 raise
             next_kind = COPY
     if data is not None:  # the bytes the cleaner read and checked: no second read
-        _write_bytes(target, data)
+        write_bytes(target, data)
     else:
         shutil.copyfile(source, target)
     return next_kind
-
-
-def _write_bytes(target: str | Path, data: bytes) -> None:
-    """``open(target, "wb").write(data)`` in three system calls (open, write, close)."""
-    fd = os.open(target, _WRITE_FLAGS, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
 
 
 class _Placer:
@@ -138,11 +127,14 @@ class SplitWriter:
     Use as a context manager: leaving the block waits for the image files, also on an error.
     """
 
-    def __init__(self, folder: Path, categories: list[str], link: bool = False, keep_out: Path | None = None) -> None:
+    def __init__(self, folder: Path, categories: list[str], link: bool = False, keep_out: Path | None = None,
+                 file_writer: FileWriterProcess | None = None) -> None:
         """``keep_out``: a folder no image may be linked into (the output this conversion replaces:
         a link there would point at a file about to be deleted); such images are copied and
-        counted in ``copied_not_linked`` (the first few named in ``copied_examples``)."""
-        self.folder, self.link = folder, link
+        counted in ``copied_not_linked`` (the first few named in ``copied_examples``).
+        ``file_writer``: the child process that writes the copies whose bytes were read (the
+        caller's, shared by the splits; ``finish`` waits for it); without one, the thread does."""
+        self.folder, self.link, self._file_writer = folder, link, file_writer
         self._keep_out = str(keep_out.resolve()) + os.sep if keep_out is not None else None
         self.copied_not_linked = 0  # sources inside ``keep_out``
         self.copied_examples: list[Path] = []
@@ -190,7 +182,10 @@ class SplitWriter:
             self.copied_not_linked += 1
             if len(self.copied_examples) < 3:
                 self.copied_examples.append(source)
-        self._placer.put(source, target, image.data, link)
+        if self._file_writer is not None and not link and image.data is not None:
+            self._file_writer.write(target, image.data)
+        else:
+            self._placer.put(source, target, image.data, link)
         image.data = None
         self.num_images += 1
         record = {"id": self.num_images, "file_name": image.file_name, "width": image.width, "height": image.height}
@@ -216,6 +211,8 @@ class SplitWriter:
         self._placer.close()
         self._placer, placer = None, self._placer
         placer.check()
+        if self._file_writer is not None:
+            self._file_writer.wait()
         categories = [{"id": k, "name": name, "supercategory": "object"} for name, k in self.category_ids.items()]
         path = self.folder / ANNOTATION_FILE
         with open(path, "wb") as out:
