@@ -5,6 +5,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 from contextlib import nullcontext
@@ -25,7 +26,7 @@ def frame(kind: int, target: bytes = b"", data: bytes = b"") -> bytes:
 
 def started() -> FileWriterProcess:
     writer = FileWriterProcess.start()
-    assert writer is not None, "this interpreter can start a child process"
+    assert writer is not None and writer.ready(), "this interpreter can start the child process"
     return writer
 
 
@@ -111,12 +112,21 @@ def test_split_writer_raises_a_file_error(tmp_path, with_process):
 
 
 @pytest.mark.parametrize("write_export", [write_coco_export, write_yolo_export, write_voc_export])
-def test_conversion_without_a_child_process_gives_the_same_files(tmp_path, monkeypatch, write_export):
-    """Where no child starts (no ``sys.executable``), the writer's thread writes the same bytes."""
+@pytest.mark.parametrize("executable", ["", "true"])
+def test_conversion_without_a_child_process_gives_the_same_files(tmp_path, monkeypatch, write_export, executable):
+    """Where no child starts (no ``sys.executable``) or it is not the writer (a program that says
+    nothing and ends), the writer's thread writes the same bytes."""
     src = write_export(tmp_path / "export")
     convert_roboflow(src, tmp_path / "with")
-    monkeypatch.setattr(sys, "executable", "")
-    assert FileWriterProcess.start() is None
+    monkeypatch.setattr(sys, "executable", shutil.which(executable) or "" if executable else "")
+    if executable:
+        assert sys.executable, f"{executable} is on PATH"
+        child = FileWriterProcess.start()
+        assert child is not None and not child.ready() and child.returncode is not None
+        with pytest.raises(OSError, match="did not start"):
+            child.write(tmp_path / "x.jpg", b"x")
+    else:
+        assert FileWriterProcess.start() is None
     convert_roboflow(src, tmp_path / "without")
     with_child, without = tree_bytes(tmp_path / "with"), tree_bytes(tmp_path / "without")
     assert with_child == without and any(name.endswith(".jpg") for name in with_child)
@@ -135,7 +145,7 @@ def test_an_interrupted_conversion_ends_the_child_and_leaves_nothing(tmp_path, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(FileWriterProcess, "start", classmethod(start))
-    monkeypatch.setattr(SplitWriter, "finish", interrupt)
+    monkeypatch.setattr(SplitWriter, "finish", interrupt)  # after the first split's images were sent
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(KeyboardInterrupt):
         convert_roboflow(src, tmp_path / "out")

@@ -136,7 +136,10 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
         raise DataError(dst.parent, f"cannot be made ({error.strerror})") from None
     scratch = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
-        with opened_export(src, scratch) as root:
+        # image copies are written by a child process, started first so that it starts while the export is
+        # opened and read (None where none starts: then the writer's thread writes them)
+        copier = nullcontext() if link else FileWriterProcess.start() or nullcontext()
+        with copier as file_writer, opened_export(src, scratch) as root:
             quirks = QuirkLog()
             reader = make_reader(root, format, quirks)
             splits = reader.splits()
@@ -151,23 +154,19 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
                 quirks.add("linked_as_copy", str(src))
                 link = False
             report = ConversionReport(src=str(src), format=reader.format, dst=str(dst))
+            report.categories = reader.categories()
             tracker = SplitTracker()
             out = scratch / "out"
-            # copies are written by a child process, started first so that it starts while the categories
-            # are read (None where none starts: the writer's thread writes them)
-            with (nullcontext() if link else FileWriterProcess.start() or nullcontext()) as file_writer:
-                report.categories = reader.categories()
-                for split in splits:
-                    stats = report.splits.setdefault(split, SplitStats())
-                    keep_out = dst if link and dst.is_dir() else None  # what --overwrite deletes
-                    with SplitWriter(out / split, report.categories, link=link, keep_out=keep_out,
-                                     file_writer=file_writer) as writer:
-                        for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
-                            writer.add(source, image)
-                        writer.finish()
-                    for number, source in enumerate(writer.copied_examples):  # the count once, then examples
-                        quirks.add("linked_into_output", str(source),
-                                   count=writer.copied_not_linked if number == 0 else 0)
+            for split in splits:
+                stats = report.splits.setdefault(split, SplitStats())
+                keep_out = dst if link and dst.is_dir() else None  # what --overwrite deletes
+                with SplitWriter(out / split, report.categories, link=link, keep_out=keep_out,
+                                 file_writer=file_writer) as writer:
+                    for source, image in iter_split(reader, split, stats, tracker, quirks, strict):
+                        writer.add(source, image)
+                    writer.finish()
+                for number, source in enumerate(writer.copied_examples):  # the count once, then examples
+                    quirks.add("linked_into_output", str(source), count=writer.copied_not_linked if number == 0 else 0)
             before = {}
             if src.is_file():
                 quirks.relabel(lambda text: archive_path_text(text, scratch, src))

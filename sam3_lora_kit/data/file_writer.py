@@ -6,7 +6,9 @@ lock, which the main thread holds while it cleans the next image, so the two mos
 child interpreter has its own lock: it writes while the parent cleans (VOC, 4,010 images, by hand:
 1.27 s against 1.02 s; see the converter benchmark).
 
-The parent sends frames on the child's stdin: a write (target path and bytes) or a barrier. At a
+The child first says ``ready`` on stdout; where it cannot run (this file inside a zip, an
+interpreter that is not Python), ``ready()`` is False and the caller writes the files itself. The
+parent then sends frames on the child's stdin: a write (target path and bytes) or a barrier. At a
 barrier the child answers on stdout with one JSON line once every file sent before it is written:
 ``{}``, or the first error since the previous barrier (``errno``, ``strerror``, ``filename``; the
 writes after a failed one are skipped). End of input stops the child.
@@ -27,6 +29,8 @@ from typing import BinaryIO
 
 FRAME = struct.Struct("<BII")  # kind, length of the target path, length of the data (bytes)
 WRITE, BARRIER = 1, 2
+READY = b"ready\n"  # the child's first line
+READY_TIMEOUT_S = 30.0  # how long ``ready()`` waits for it (POSIX; a child that is not this script may never say it)
 PIPE_BUFFER = 1 << 16  # the parent's buffer in front of the pipe: about six 10 kB images per system call
 # what open(target, "wb") asks for: binary (Windows), not inherited by child processes
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -69,14 +73,16 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
 class FileWriterProcess:
     """A child process writing files: ``write`` queues one, ``wait`` returns once all queued are written.
 
+    Use ``start()``, which gives None where no child can be started, and ask ``ready()`` before
+    the first ``write`` (which raises where it is False); in both cases write the files in-process.
     ``wait`` raises the first write's error as the ``OSError`` the write itself raised (for
-    example ``IsADirectoryError``, ``PermissionError``). Use ``start()``, which gives None where
-    no child can be started (then write the files in-process). ``close`` (or leaving a ``with``
-    block) returns once the child has ended, so the caller may delete what it wrote.
+    example ``IsADirectoryError``, ``PermissionError``). ``close`` (or leaving a ``with`` block)
+    returns once the child has ended, so the caller may delete what it wrote.
     """
 
     def __init__(self, process: subprocess.Popen) -> None:
         self._process: subprocess.Popen | None = process
+        self._ready: bool | None = None  # unknown until the child's first line is read
         self.pid = process.pid
         self.returncode: int | None = None  # the child's exit status, once ``close`` has returned
 
@@ -87,7 +93,8 @@ class FileWriterProcess:
             return None
         command = [sys.executable, "-I", "-S", str(Path(__file__).resolve())]
         try:
-            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=PIPE_BUFFER)
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, bufsize=PIPE_BUFFER)  # errors come as replies
         except OSError:
             return None
         return cls(process)
@@ -97,6 +104,23 @@ class FileWriterProcess:
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         self.close(abandon=kind is not None)
+
+    def ready(self) -> bool:
+        """Whether the child runs and takes files (waits for its first line, once); if not, it is closed."""
+        if self._ready is None:
+            self._ready = self._process is not None and self._first_line() == READY
+            if not self._ready:
+                self.close(abandon=True)
+        return self._ready
+
+    def _first_line(self) -> bytes:
+        stdout = self._process.stdout
+        if os.name == "posix":  # select() takes pipes on POSIX only
+            import select
+
+            if not select.select([stdout], [], [], READY_TIMEOUT_S)[0]:
+                return b""
+        return stdout.readline()
 
     def write(self, target: str | Path, data: bytes) -> None:
         """Queue ``data`` to be written at ``target`` (blocks while the pipe is full)."""
@@ -136,6 +160,8 @@ class FileWriterProcess:
         process.stdout.close()
 
     def _send(self, *parts: bytes) -> None:
+        if not self.ready():
+            raise OSError("the process writing the image files did not start")
         if self._process is None:
             raise ValueError("the file-writing process is closed")
         try:
@@ -154,6 +180,8 @@ class FileWriterProcess:
 
 def _main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pipe
+    sys.stdout.buffer.write(READY)
+    sys.stdout.buffer.flush()
     serve(sys.stdin.buffer, sys.stdout.buffer)
 
 

@@ -133,7 +133,8 @@ class SplitWriter:
         a link there would point at a file about to be deleted); such images are copied and
         counted in ``copied_not_linked`` (the first few named in ``copied_examples``).
         ``file_writer``: the child process that writes the copies whose bytes were read (the
-        caller's, shared by the splits; ``finish`` waits for it); without one, the thread does."""
+        caller's, shared by the splits; ``finish`` waits for it); without one, or where it is not
+        ``ready()``, the thread does."""
         self.folder, self.link, self._file_writer = folder, link, file_writer
         self._keep_out = str(keep_out.resolve()) + os.sep if keep_out is not None else None
         self.copied_not_linked = 0  # sources inside ``keep_out``
@@ -182,7 +183,7 @@ class SplitWriter:
             self.copied_not_linked += 1
             if len(self.copied_examples) < 3:
                 self.copied_examples.append(source)
-        if self._file_writer is not None and not link and image.data is not None:
+        if self._file_writer is not None and not link and image.data is not None and self._file_writer.ready():
             self._file_writer.write(target, image.data)
         else:
             self._placer.put(source, target, image.data, link)
@@ -211,7 +212,7 @@ class SplitWriter:
         self._placer.close()
         self._placer, placer = None, self._placer
         placer.check()
-        if self._file_writer is not None:
+        if self._file_writer is not None and self._file_writer.ready():
             self._file_writer.wait()
         categories = [{"id": k, "name": name, "supercategory": "object"} for name, k in self.category_ids.items()]
         path = self.folder / ANNOTATION_FILE
