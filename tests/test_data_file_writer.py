@@ -9,7 +9,6 @@ import shutil
 import signal
 import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import pytest
 
@@ -157,4 +156,4 @@ def test_linking_starts_no_child(tmp_path, monkeypatch):
     src = write_yolo_export(tmp_path / "export")
     monkeypatch.setattr(FileWriterProcess, "start", classmethod(lambda cls: pytest.fail("a child was started")))
     convert_roboflow(src, tmp_path / "out", link=True)
-    assert any(Path(tmp_path / "out").rglob("*.jpg"))
+    assert any((tmp_path / "out").rglob("*.jpg"))
