@@ -7,7 +7,7 @@ Each creates (or reuses) a virtual environment in ``.venv``, installs the kit wi
 - ``demo``: the main job, the demo pipeline on the bundled sample (``sam3_lora_kit.demo``);
 - ``test``: the whole test suite, pytest over ``tests/`` and nbval (lax) over ``notebooks/``.
 
-Only the standard library is used here, so a fresh machine needs nothing but Python 3.10+.
+Only the standard library is used here, so a fresh machine needs nothing but Python 3.11+ (Pillow 13, pinned for the sample images, needs 3.11).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def _install_fingerprint() -> str:
 
 def ensure_venv() -> Path:
     """Create ``.venv`` if needed and (re)install the kit when its dependencies changed."""
-    if sys.version_info < (3, 10):
-        sys.exit(f"kit.py: Python 3.10+ is needed, this is {sys.version.split()[0]}")
+    if sys.version_info < (3, 11):
+        sys.exit(f"kit.py: Python 3.11+ is needed, this is {sys.version.split()[0]}")
     python = _venv_python()
     if not python.exists():
         print(f"kit.py: creating a virtual environment in {VENV}", flush=True)

@@ -69,9 +69,11 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     """A row per run under ``runs_dir``: its ``run_summary.json`` files, sorted by path.
 
     Unreadable files are skipped with a warning. One trained adapter is one run: where several
-    summaries name the same ``adapter_path`` (the trainer's ``RUN/run/run_summary.json`` and the
-    notebook's ``RUN/run_summary.json``, which adds the evaluation), only the one with the most
-    fields is kept (at equal counts, the one nearest ``runs_dir``).
+    summaries in nested folders name the same ``adapter_path`` (the trainer's
+    ``RUN/run/run_summary.json`` and the notebook's ``RUN/run_summary.json``, which adds the
+    evaluation), only the one with the most fields is kept (at equal counts, the one nearest
+    ``runs_dir``). Summaries in folders side by side are separate runs even when their
+    ``adapter_path`` strings agree (the default, relative ``runs/sam3-lora/adapter.safetensors``).
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -87,16 +89,22 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
             print(f"sam3-lora ledger: skipping {path}: not a JSON object", file=sys.stderr)
             continue
         summaries.append((path, summary))
-    best: dict[str, tuple[int, int, Path]] = {}  # adapter -> (-fields, depth, path) of its fullest summary
-    for path, summary in summaries:
+    groups: list[list[tuple[Path, dict]]] = []  # summaries of one run: same adapter_path, one folder inside the other
+    for path, summary in sorted(summaries, key=lambda item: len(item[0].parts)):
         adapter = summary.get("adapter_path")
+        group = None
         if isinstance(adapter, str) and adapter:
-            rank = (-sum(v is not None for v in summary.values()), len(path.relative_to(runs_dir).parts), path)
-            best[adapter] = min(best.get(adapter, rank), rank)
+            group = next((g for g in groups if g[0][1].get("adapter_path") == adapter
+                          and path.parent.is_relative_to(g[0][0].parent)), None)
+        if group is None:
+            groups.append([(path, summary)])
+        else:
+            group.append((path, summary))
+    kept = {min(group, key=lambda item: (-sum(v is not None for v in item[1].values()), len(item[0].parts), item[0]))[0]
+            for group in groups}  # the fullest summary of each run; at equal counts the one nearest runs_dir
     rows = []
     for path, summary in summaries:
-        adapter = summary.get("adapter_path")
-        if isinstance(adapter, str) and adapter and best[adapter][2] != path:
+        if path not in kept:
             continue  # another summary of the same run says more
         run = path.parent.relative_to(runs_dir).as_posix()
         rows.append(_row(summary, run if run != "." else runs_dir.name))

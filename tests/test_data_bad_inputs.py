@@ -132,11 +132,11 @@ def _no_leftovers(folder):
 
 
 def _export_and_kept_dst(tmp_path):
-    """A VOC export and a non-empty DST holding the user's ``keep.txt``."""
+    """A VOC export and a DST the kit converted earlier (from a YOLO export), with ``train/keep.txt`` added."""
     src = write_voc_export(tmp_path / "export")
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    convert_roboflow(write_yolo_export(tmp_path / "earlier"), dst)
+    (dst / "train" / "keep.txt").write_text("mine")
     return src, dst
 
 
@@ -145,6 +145,7 @@ def test_overwrite_whose_swap_fails_leaves_the_old_output_as_it_was(tmp_path, mo
     from pathlib import Path
 
     src, dst = _export_and_kept_dst(tmp_path)
+    before = tree_bytes(dst)
     real_rename = Path.rename
 
     def refusing_rename(self, target):
@@ -157,7 +158,7 @@ def test_overwrite_whose_swap_fails_leaves_the_old_output_as_it_was(tmp_path, mo
     monkeypatch.setattr(Path, "rename", refusing_rename)
     with pytest.raises(DataError, match="cannot be replaced .*left as it was"):
         convert_roboflow(src, dst, overwrite=True)
-    assert [p.name for p in dst.iterdir()] == ["keep.txt"] and not _no_leftovers(tmp_path)
+    assert tree_bytes(dst) == before and not _no_leftovers(tmp_path)
 
 
 def test_overwrite_whose_old_output_cannot_be_deleted_succeeds_and_says_where_it_is(tmp_path, monkeypatch):
@@ -175,9 +176,9 @@ def test_overwrite_whose_old_output_cannot_be_deleted_succeeds_and_says_where_it
 
     monkeypatch.setattr(convert_module.shutil, "rmtree", refuse_old)
     report = convert_roboflow(src, dst, overwrite=True)
-    assert (dst / "train" / "_annotations.coco.json").is_file() and not (dst / "keep.txt").exists()
+    assert (dst / "train" / "_annotations.coco.json").is_file() and not (dst / "train" / "keep.txt").exists()
     left = [q for q in report.quirks if q.code == "old_output_left"]
-    assert left and (tmp_path / left[0].examples[0].split("/")[-1] / "dst" / "keep.txt").read_text() == "mine"
+    assert left and (tmp_path / left[0].examples[0].split("/")[-1] / "dst" / "train" / "keep.txt").read_text() == "mine"
 
 
 def test_sigterm_during_convert_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys):

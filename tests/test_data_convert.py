@@ -279,12 +279,11 @@ def test_class_list_from_every_split(tmp_path):
         assert [c["name"] for c in doc["categories"]] == ["VEHICLE TYPE 1", "VEHICLE TYPE 2", "wheel"]
 
 
-def test_overwrite_replaces(tmp_path):
-    src = write_voc_export(tmp_path / "export")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out/old.txt").write_text("old")
-    convert_roboflow(src, tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out/old.txt").exists() and (tmp_path / "out/train/f1.jpg").is_file()
+def test_overwrite_replaces_an_earlier_conversion(tmp_path):
+    convert_roboflow(write_yolo_export(tmp_path / "earlier"), tmp_path / "out")
+    (tmp_path / "out/train/old.txt").write_text("old")
+    convert_roboflow(write_voc_export(tmp_path / "export"), tmp_path / "out", overwrite=True)
+    assert not (tmp_path / "out/train/old.txt").exists() and (tmp_path / "out/train/f1.jpg").is_file()
 
 
 def test_zip_export(tmp_path):

@@ -14,7 +14,7 @@ from sam3_lora_kit.data import convert_roboflow
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "roboflow-samples"
 # folder -> (format, images out, instances out, quirks expected)
 EXPECTED = {
-    "coco_seg_nanoshapes": ("coco", 97, 9999, {"phantom_category", "clipped", "missing_split"}),
+    "coco_seg_nanoshapes": ("coco", 97, 9999, {"phantom_category", "missing_split"}),  # its boxes past the edge go unused: masks give the boxes
     "yolov9_det_sharks_tiny": ("yolo", 10, 60, {"yaml_path_ignored", "mixed_lines", "closing_point"}),
     "voc_vehicle_detect": ("voc", 26, 143, {"clipped", "class_in_one_split", "poor_prompt_name"}),
 }

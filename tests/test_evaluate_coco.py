@@ -176,3 +176,25 @@ def test_format_metrics_lists_each_class():
                            "prompt_discrimination": prompt_discrimination(_perfect_predictions(SAMPLES), {1: {1, 2}}, 0.5)})
     assert all(f"AP {name}" in text for name in NAMES)
     assert "prompt discrimination" in text
+
+
+def test_segm_size_ranges_use_the_mask_area_not_the_box_area():
+    """A thin L-shaped false positive covers 199 px (small) inside a 100 x 100 box (large)."""
+    size = 200
+    truth = torch.zeros(1, size, size, dtype=torch.bool)
+    truth[0, 10:30, 10:30] = True  # 400 px: small
+    sample = {"image": torch.zeros(3, size, size, dtype=torch.uint8), "image_id": 1, "masks": truth,
+              "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]]), "category_ids": torch.tensor([1])}
+    ground_truth = coco_ground_truth([sample], ["thing"])
+    thin = torch.zeros(size, size, dtype=torch.bool)
+    thin[100, 100:200] = True
+    thin[100:200, 100] = True
+    prediction = {"image_id": 1, "category_id": 1, "masks": torch.stack([thin, truth[0]]),
+                  "boxes": torch.tensor([[100.0, 100.0, 200.0, 200.0], [10.0, 10.0, 30.0, 30.0]]),
+                  "scores": torch.tensor([0.9, 0.8])}
+    results = predictions_to_coco_results([prediction])
+    assert all("bbox" in r for r in results)
+    segm = coco_map(ground_truth, results, "segm")
+    assert segm["mAP_small"] == pytest.approx(0.5, abs=0.01)  # the false positive ranks first among small objects
+    assert segm["mAP_large"] is None  # no large ground truth
+    assert coco_map(ground_truth, results, "bbox")["mAP_small"] == pytest.approx(1.0)  # by box, the false positive is large

@@ -172,6 +172,9 @@ def test_predict_command_draws_a_figure(valid, run_dir, tmp_path, capsys):
         (["eval", "--run", "/nonexistent/run"], "no such run folder"),
         (["eval", "--run", "{run}", "--base", "--adapter", "x.safetensors"], "--base and --adapter"),
         (["predict", "/nonexistent.png", "-p", "cat", "--run", "{run}"], "no such image file"),
+        (["eval", "--base", "--model-size", "tiny"], "no dataset to evaluate on: pass --dataset-dir"),
+        (["eval", "--run", "{run}", "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+        (["eval", "--run", "{run}", "--max-images", "-1"], "max_images must be a positive integer, got -1"),
     ],
 )
 def test_commands_fail_in_one_line(run_dir, argv, message, capsys):

@@ -103,3 +103,14 @@ def test_one_run_is_one_row_when_trainer_and_notebook_both_summarise_it(tmp_path
     rows = collect_runs(runs)
     assert [row["run"] for row in rows] == ["cli_only", "rank2", "rank4"]
     assert [row["map_gain"] for row in rows] == [None, pytest.approx(0.02), pytest.approx(0.04)]
+
+
+def test_runs_side_by_side_stay_apart_when_their_adapter_path_strings_agree(tmp_path):
+    """Runs trained from different working folders with the default, relative output_dir name the same adapter."""
+    runs = tmp_path / "runs"
+    for rank in (4, 16):
+        folder = runs / f"rank{rank}"
+        folder.mkdir(parents=True)
+        summary = {"adapter_path": "runs/sam3-lora/adapter.safetensors", "rank": rank, "map_before": 0.1, "map_after": 0.2}
+        (folder / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert [(row["run"], row["rank"]) for row in collect_runs(runs)] == [("rank16", 16), ("rank4", 4)]

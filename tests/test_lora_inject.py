@@ -376,3 +376,38 @@ def test_a_second_injection_never_wraps_a_wrapper():
     assert not any(isinstance(m, LoRALinear) for n, m in model.named_modules() if n.endswith("base_layer"))
     with pytest.raises(ValueError, match="already carry LoRA"):
         inject_lora(model, ["linear1"], rank=2, alpha=4)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_diverged_adapter_is_neither_saved_nor_loaded(tmp_path, bad):
+    model = _toy()
+    inject_lora(model, ["self_attn", "head"], rank=4, alpha=8)
+    _randomise_b(model)
+    good = save_adapter(model, tmp_path / "good.safetensors")
+    before = good.read_bytes()
+    with torch.no_grad():
+        model.head.lora_B[0, 1] = bad
+    with pytest.raises(AdapterError, match=r"good.safetensors: LoRA tensor 'head.lora_B' holds NaN or infinite values.*nothing written"):
+        save_adapter(model, good)
+    assert good.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["good.safetensors"]
+    tensors = {name: t.detach().clone() for name, t in lora_state_dict(model).items()}
+    from safetensors.torch import save_file
+    save_file(tensors, tmp_path / "hand.safetensors", metadata=dict(safe_open(str(good), framework="pt").metadata()))
+    fresh = _toy()
+    inject_lora(fresh, ["self_attn", "head"], rank=4, alpha=8)
+    untouched = copy.deepcopy(lora_state_dict(fresh))
+    with pytest.raises(AdapterError, match="hand.safetensors: LoRA tensor 'head.lora_B' holds NaN.*the model is unchanged"):
+        load_adapter(fresh, tmp_path / "hand.safetensors")
+    assert all(torch.equal(untouched[k], v) for k, v in lora_state_dict(fresh).items())
+
+
+@pytest.mark.parametrize("rank,expected", [(8.0, 8), (3, 3)])
+def test_a_whole_float_rank_is_that_integer(rank, expected):
+    layer = LoRALinear(nn.Linear(16, 12), rank=rank, alpha=16)
+    assert layer.rank == expected and layer.lora_A.shape == (expected, 16) and layer.scaling == 16 / expected
+
+
+@pytest.mark.parametrize("rank", [0, -2, 2.5, True, "8", None])
+def test_a_rank_that_is_not_a_positive_integer_is_refused(rank):
+    with pytest.raises(ValueError, match="LoRA rank must be a positive integer"):
+        LoRALinear(nn.Linear(16, 12), rank=rank, alpha=16)

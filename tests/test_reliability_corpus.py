@@ -364,8 +364,8 @@ CASES: dict[str, Case] = {
     "data.yaml list as a name": Case(lambda t: yolo_with(t, yaml="names: [[a, b]]\n"), "must be a non-empty name", D),
     # VOC
     "voc not xml": Case(lambda t: voc_with(t, "<annotation><size>"), "not valid XML", D),
-    "voc without size": Case(lambda t: voc_with(t, VOC_OK.replace("<size>", "<sizes>").replace("</size>", "</sizes>")),
-                             "lacks <size>", D),
+    "voc size not a number": Case(lambda t: voc_with(t, VOC_OK.replace("<width>64</width>", "<width>wide</width>")),
+                                  "is not a number ('wide')", D),
     "voc entity declaration": Case(lambda t: voc_with(t, '<!DOCTYPE a [<!ENTITY x "y">]>' + VOC_OK), "DOCTYPE", D),
     "voc file name with ../": Case(lambda t: voc_with(t, VOC_OK.replace(">a.jpg<", ">../../a.jpg<")),
                                    "escapes the export", D),
@@ -492,7 +492,7 @@ def test_corpus_covers_issue_8():
                 "image missing", "image empty", "image truncated", "image not an image", "file name with ../",
                 "file name absolute", "image link outside", "zip entry lands outside", "yolo too few values",
                 "yolo unknown class", "yolo outside 0..1", "data.yaml not yaml", "data.yaml without names",
-                "voc not xml", "voc without size", "empty export", "only a test split", "config unknown key",
+                "voc not xml", "voc size not a number", "empty export", "only a test split", "config unknown key",
                 "config wrong type", "adapter for another architecture", "adapter is a pickle"]
     assert not [name for name in required if name not in CASES]
     assert len(CASES) >= 30

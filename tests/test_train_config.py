@@ -17,9 +17,25 @@ def test_yaml_round_trip(tmp_path):
 
 def test_overrides_replace_yaml_values(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("rank: 4\nepochs: 3\nlr: 1.0e-3\n")
-    config = TrainConfig.from_yaml(path, {"steps": 7, "rank": None, "output_dir": "o"})
-    assert (config.steps, config.epochs, config.rank, config.output_dir, config.lr) == (7, None, 4, "o", 1e-3)
+    path.write_text("rank: 4\nepochs: 3\nlr: 1.0e-3\ngrad_clip: 2.0\n")
+    config = TrainConfig.from_yaml(path, {"steps": 7, "grad_clip": None, "output_dir": "o"})
+    assert (config.steps, config.epochs, config.rank, config.output_dir, config.lr, config.grad_clip) == (7, None, 4, "o", 1e-3, None)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--set", "grad_clip=null", "--set", "checkpoint=null"], (None, None, 2)),  # null is a value: it replaces the file's
+    (["--steps", "9"], (1.0, "weights.pt", 9)),  # flags left out keep the file's values
+])
+def test_command_line_overrides_on_a_config_file(tmp_path, argv, expected):
+    from sam3_lora_kit.train.commands import overrides_from_args, register
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("grad_clip: 1.0\ncheckpoint: weights.pt\nsteps: 2\n")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--config", str(path), *argv])
+    config = TrainConfig.from_yaml(path, overrides_from_args(args))
+    assert (config.grad_clip, config.checkpoint, config.steps) == expected
 
 
 def test_int_is_accepted_where_a_float_is_wanted():

@@ -224,3 +224,35 @@ def test_write_run_summary_merges_atomically(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must be a JSON object"):
         write_run_summary(path, x=1)
+
+
+def test_a_fresh_run_into_an_earlier_runs_folder_stops_and_touches_nothing(tmp_path):
+    run(config(tmp_path, steps=8, save_every=4, keep_checkpoints=2))
+    out = tmp_path / "run"
+    write_run_summary(out / "run_summary.json", map_before=0.1, map_after=0.9)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(OutputDirError, match=r"holds an earlier run \(checkpoint step_0000008.pt\); .*--resume.*--overwrite") as caught:
+        run(config(tmp_path, steps=6, save_every=2))
+    assert str(out) in str(caught.value)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_replaces_the_earlier_run_whole(tmp_path):
+    run(config(tmp_path, steps=12, save_every=4, keep_checkpoints=2))
+    out = tmp_path / "run"
+    write_run_summary(out / "run_summary.json", map_before=0.1, map_after=0.9)
+    result = run(config(tmp_path, steps=6, save_every=2, keep_checkpoints=2, overwrite=True))
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step_0000004.pt", "step_0000006.pt"]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["steps"] == 6 and "map_before" not in summary and "map_after" not in summary
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 7))
+    assert result.losses and ckpt.resolve_resume("latest", out)[1]["step"] == 6
+
+
+def test_a_resumed_run_keeps_what_the_summary_already_held(tmp_path):
+    run(config(tmp_path, steps=4, save_every=2))
+    out = tmp_path / "run"
+    write_run_summary(out / "run_summary.json", note="kept")
+    run(config(tmp_path, steps=8, save_every=2, resume="latest"))
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["note"] == "kept" and summary["steps"] == 8

@@ -28,10 +28,8 @@ def clean_annotation(raw: RawAnnotation, width: int, height: int, declared: tupl
                      quirks: QuirkLog) -> dict | None:
     """A COCO annotation dict (without ids) or None when nothing of the mask is left."""
     seg = raw.segmentation
-    if raw.bbox is not None:
-        box = check_box(raw.bbox, width, height, raw.where, quirks)
-    else:
-        box = None
+    # the output bbox comes from the mask: the input bbox is only checked where it is the mask
+    box = check_box(raw.bbox, width, height, raw.where, quirks) if seg is None and raw.bbox is not None else None
     if isinstance(seg, dict):
         rle = check_rle(seg, width, height, declared, raw.where, quirks)
         area, bbox = rle_area_bbox(rle)

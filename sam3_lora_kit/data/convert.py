@@ -15,7 +15,8 @@ from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
 from sam3_lora_kit.data.file_writer import FileWriterProcess
-from sam3_lora_kit.data.paths import SPLIT_NAMES, check_no_escaping_links, find_split_dir, safe_extract_zip
+from sam3_lora_kit.data.paths import (SPLIT_NAMES, check_no_escaping_links, find_split_dir, safe_extract_zip,
+                                      written_by_kit)
 from sam3_lora_kit.data.pipeline import SplitTracker, check_strict, finish_report, iter_split
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.readers import make_reader
@@ -75,8 +76,46 @@ def _check_targets(src: Path, dst: Path, overwrite: bool) -> None:
         raise DataError(dst, f"must not be inside the source or contain it ({src})")
     if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
         raise DataError(dst, "exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise DataError(dst, "exists and is not empty (use overwrite=True or --overwrite)")
+    if dst.is_dir() and any(dst.iterdir()):
+        if not overwrite:
+            raise DataError(dst, "exists and is not empty (use overwrite=True or --overwrite)")
+        stranger = next((p.name for p in sorted(dst.iterdir()) if not _kit_split(p)), None)
+        if stranger is not None:
+            raise DataError(dst, f"does not look like a converted dataset (it holds {stranger!r}), so overwrite "
+                                 "will not delete it; choose another output folder")
+
+
+def _kit_split(folder: Path) -> bool:
+    """True for a split folder the converter wrote (what ``overwrite`` may delete)."""
+    return folder.name in SPLIT_NAMES and folder.is_dir() and not folder.is_symlink() and written_by_kit(folder)
+
+
+def _make_parents(dst: Path) -> list[Path]:
+    """Make DST's missing parent folders; returns those this call made, nearest first."""
+    missing = []
+    for parent in dst.parents:
+        if parent.exists() or parent.is_symlink():
+            break
+        missing.append(parent)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        _remove_if_empty(missing)
+        blocker = next((p for p in reversed(dst.parents) if p.exists() and not p.is_dir()), dst.parent)
+        raise DataError(blocker, f"is a file, so the output folder {dst} cannot be made there") from None
+    except OSError as error:
+        _remove_if_empty(missing)
+        raise DataError(dst.parent, f"cannot be made ({error.strerror})") from None
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (nearest first) while they are empty: the parents a failed call made."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _replace(tmp_out: Path, dst: Path) -> Path | None:
@@ -118,23 +157,24 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
 
     ``format``: ``auto``, ``coco``, ``yolo``, ``voc`` or ``masks``. ``link``: link images instead of
     copying them (hard links where possible, else symbolic links). ``overwrite``: replace a
-    non-empty ``dst``. ``strict``: raise on any quirk that loses data (missing image, dropped
-    polygon). ``require_train``: refuse an export without ``train/``. Raises ``DataError`` (file
-    and problem in one line) on bad input; then nothing is left at ``dst`` and ``src`` is untouched.
+    non-empty ``dst`` holding only split folders this converter wrote (any other ``dst`` is refused,
+    nothing deleted). ``strict``: raise on any quirk that loses data (missing image, dropped polygon).
+    ``require_train``: refuse an export without ``train/``. Raises ``DataError`` (file and problem in
+    one line) on bad input; then nothing is left at ``dst`` (nor parent folders it made) and ``src``
+    is untouched.
     """
     started = time.perf_counter()
     src, dst = Path(src).expanduser().absolute(), Path(dst).expanduser().absolute()
     if not src.exists():
         raise DataError(src, "does not exist")
     _check_targets(src, dst, overwrite)
+    made = _make_parents(dst)  # removed again if the conversion fails
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in reversed(dst.parents) if p.exists() and not p.is_dir()), dst.parent)
-        raise DataError(blocker, f"is a file, so the output folder {dst} cannot be made there") from None
-    except OSError as error:
-        raise DataError(dst.parent, f"cannot be made ({error.strerror})") from None
-    scratch = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    except BaseException:
+        _remove_if_empty(made)
+        raise
+    done = False
     try:
         # image copies are written by a child process, started first so that it starts while the export is
         # opened and read (None where none starts: then the writer's thread writes them)
@@ -177,10 +217,13 @@ def convert_roboflow(src: str | Path, dst: str | Path, format: str = "auto", lin
                 worst = report.quirks[0]
                 raise DataError(worst.examples[0] if worst.examples else src, worst.message)
             left_over = _replace(out, dst)
+            done = True
             if left_over is not None:
                 quirks.add("old_output_left", str(left_over))
                 report.quirks = quirks.sorted()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if not done:
+            _remove_if_empty(made)
     report.seconds = time.perf_counter() - started
     return report

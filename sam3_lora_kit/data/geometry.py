@@ -101,15 +101,55 @@ def round3(values: np.ndarray) -> list[float]:
     return out
 
 
+def clip_polygon(coords: list[float], width: float, height: float) -> list[float]:
+    """The part of a flat polygon inside [0, width] x [0, height] (Sutherland-Hodgman), flat; may be short."""
+    points = list(zip(coords[0::2], coords[1::2]))
+    for axis, limit, upper in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
+        if not points:
+            break
+        kept: list[tuple[float, float]] = []
+        prev = points[-1]
+        prev_in = prev[axis] <= limit if upper else prev[axis] >= limit
+        for point in points:
+            point_in = point[axis] <= limit if upper else point[axis] >= limit
+            if point_in != prev_in:  # the edge crosses the line: add the crossing, exactly on the line
+                t = (limit - prev[axis]) / (point[axis] - prev[axis])
+                other = prev[1 - axis] + t * (point[1 - axis] - prev[1 - axis])
+                kept.append((limit, other) if axis == 0 else (other, limit))
+            if point_in:
+                kept.append(point)
+            prev, prev_in = point, point_in
+        points = kept
+    return [v for point in points for v in point]
+
+
+def _without_repeats(flat: list[float]) -> list[float]:
+    """A flat polygon without consecutive repeated points (the last compared with the first too)."""
+    points = list(zip(flat[0::2], flat[1::2]))
+    kept = [p for i, p in enumerate(points) if p != points[i - 1]] if len(points) > 1 else points
+    return [v for point in kept for v in point]
+
+
+def _shoelace(flat: list[float]) -> float:
+    """Signed area of a flat polygon."""
+    xs, ys = flat[0::2], flat[1::2]
+    return sum(xs[i - 1] * ys[i] - xs[i] * ys[i - 1] for i in range(len(xs))) / 2
+
+
 def clean_polygons(polygons: list, width: int, height: int, where: str, quirks: QuirkLog) -> Polygons:
-    """Check, de-duplicate the closing point, clip to the image, drop polygons under 3 points."""
+    """Check, de-duplicate the closing point, clip to the image, drop polygons under 3 points.
+
+    A polygon crossing the image border is clipped to it (Sutherland-Hodgman); one left with
+    fewer than 3 points or no area (it lay outside the image) is dropped, and an annotation left
+    with no polygon is reported as ``empty_mask``.
+    """
     import numpy as np
 
     if not isinstance(polygons, list):
         raise DataError(where, f"segmentation must be a list of polygons or an RLE dict, got {type(polygons).__name__}")
     if polygons and all(isinstance(v, (int, float)) for v in polygons):
         polygons = [polygons]  # a single flat polygon
-    cleaned = []
+    cleaned, clipped_away = [], False
     for polygon in polygons:
         coords = _coords(polygon, where)  # (2P,) x0, y0, x1, y1, ...
         n = len(coords)
@@ -121,12 +161,18 @@ def clean_polygons(polygons: list, width: int, height: int, where: str, quirks: 
         if n < 6:
             quirks.add("short_polygon", f"{where} ({n // 2} points)")
             continue
-        flat = np.empty(n)
-        np.clip(coords[0::2], 0.0, float(width), out=flat[0::2])
-        np.clip(coords[1::2], 0.0, float(height), out=flat[1::2])
-        if not np.array_equal(flat, coords):
-            quirks.add("clipped", where)
-        cleaned.append(round3(flat))
+        xs, ys = coords[0::2], coords[1::2]
+        if xs.min() >= 0.0 and ys.min() >= 0.0 and xs.max() <= width and ys.max() <= height:
+            cleaned.append(round3(coords))  # inside the image: the common case
+            continue
+        quirks.add("clipped", where)
+        flat = _without_repeats(round3(np.array(clip_polygon(coords.tolist(), float(width), float(height)))))
+        if len(flat) < 6 or _shoelace(flat) == 0:
+            clipped_away = True  # it lay outside the image
+            continue
+        cleaned.append(flat)
+    if not cleaned and clipped_away:
+        quirks.add("empty_mask", where)
     return cleaned
 
 

@@ -132,11 +132,16 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def safe_extract_zip(archive: Path, target: Path) -> None:
-    """Extract ``archive`` into ``target``, refusing entries that would land outside it or links."""
+    """Extract ``archive`` into ``target``, refusing entries that would land outside it or links.
+
+    Names without the zip's UTF-8 flag are read as UTF-8 where they decode (Info-ZIP and macOS
+    write UTF-8 without the flag), else as cp437 (the zip default).
+    """
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
             for info in members:
+                info.filename = _zip_member_name(info)
                 name = info.filename
                 try:
                     check_relative_name(name, archive)
@@ -145,20 +150,57 @@ def safe_extract_zip(archive: Path, target: Path) -> None:
                 mode = (info.external_attr >> 16) & 0o170000
                 if mode == 0o120000:
                     raise DataError(archive, f"entry {name!r} is a symbolic link (refused)")
+                if info.flag_bits & 0x1:
+                    raise DataError(archive, f"entry {name!r} is encrypted (password-protected zips are not "
+                                             "supported: re-export or unzip it yourself)")
             for info in members:
                 info.filename = info.filename.replace("\\", "/")  # a zip written on Windows: folders, not names
-                zf.extract(info, target)
+                try:
+                    zf.extract(info, target)
+                except (RuntimeError, NotImplementedError) as error:  # encrypted, or Deflate64 and other methods
+                    raise DataError(archive, f"entry {info.filename!r} cannot be extracted ({error}): "
+                                             "re-create the zip with plain Deflate, or unzip it yourself") from None
     except zipfile.BadZipFile as error:
         raise DataError(archive, f"not a valid zip file ({error})") from None
 
 
+def _zip_member_name(info: zipfile.ZipInfo) -> str:
+    """The entry's name: UTF-8 where the name has no UTF-8 flag (0x800) but its bytes decode as UTF-8."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except UnicodeError:
+        return info.filename
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (links followed), sorted by name."""
+    """Image files directly in ``folder`` (links followed), sorted by name; macOS ``._`` files skipped."""
     if not folder.is_dir():
         return []
     with os.scandir(folder) as listing:
-        names = sorted(e.name for e in listing if _suffix(e.name).lower() in IMAGE_SUFFIXES and _is_file(e))
+        names = sorted(e.name for e in listing if _suffix(e.name).lower() in IMAGE_SUFFIXES
+                       and not is_apple_double(e.name) and _is_file(e))
     return [folder / name for name in names]
+
+
+def glob_files(folder: Path, pattern: str) -> list[Path]:
+    """``folder.glob(pattern)`` sorted by name, without macOS AppleDouble ``._`` files."""
+    return sorted((p for p in folder.glob(pattern) if not is_apple_double(p.name)), key=lambda p: p.name)
+
+
+def is_apple_double(name: str) -> bool:
+    """True for a macOS AppleDouble file (``._name``: metadata macOS writes on exFAT, FAT and SMB volumes)."""
+    return name.startswith("._")
+
+
+def check_disk_name(path: Path) -> str:
+    """``path.name``, or raise where a COCO file could not name it (``\\`` or ``X:`` read as a folder or drive)."""
+    name = path.name
+    if "\\" in name or ":" in name and PureWindowsPath(name).drive:
+        raise DataError(path, f"file name {name!r} contains '\\' or a drive 'X:' (read as a folder or a drive "
+                              "by COCO readers): rename the file")
+    return name
 
 
 def _suffix(name: str) -> str:

@@ -33,6 +33,7 @@ QUIRK_KINDS: dict[str, tuple[str, str]] = {
     "yaml_path_ignored": ("info", "data.yaml split path does not exist in the export; the conventional folder was used"),
     "names_count_mismatch": ("info", "data.yaml 'nc' differs from the number of names; names win"),
     "orphan_label": ("dropped", "label or annotation file without an image; skipped"),
+    "missing_labels": ("dropped", "YOLO split has images but no labels folder (its images kept as negatives: check the export's layout)"),
     "background_class": ("info", "mask class treated as background (no instances)"),
     "missing_split": ("info", "split not present in the export"),
     "case_only_name": ("fixed", "file name differs from another of its split only in case (may be one file on macOS or "

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,40 @@ def sample_data_dir() -> Path:
     repo = Path(__file__).resolve().parents[2] / "data" / "sample"
     if (repo / "coco-segmentation").is_dir():
         return repo
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sam3-lora-kit" / "sample"
-    if not (cache / "coco-segmentation").is_dir():
-        make_sample_dataset(cache)
+    return cached_sample(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sam3-lora-kit" / "sample")
+
+
+def _complete(folder: Path) -> bool:
+    """True when ``folder`` holds a finished sample (``README.md`` is written last)."""
+    return (folder / "coco-segmentation").is_dir() and (folder / "README.md").is_file()
+
+
+def cached_sample(cache: Path) -> Path:
+    """``cache`` holding the sample, generated if needed: it is either complete or absent, never half-written.
+
+    The sample is made in a temporary sibling folder and renamed into place when complete; when
+    another process got there first, its copy is kept and this one discarded.
+    """
+    if _complete(cache):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.partial-", dir=cache.parent))
+    try:
+        make_sample_dataset(tmp)
+        if cache.exists() and not _complete(cache):  # left half-written by an older version of the kit
+            stale = Path(tempfile.mkdtemp(prefix=f".{cache.name}.stale-", dir=cache.parent))
+            try:
+                cache.rename(stale / "sample")
+            except FileNotFoundError:
+                pass  # another process moved it away first
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.rename(cache)
+        except OSError:
+            if not _complete(cache):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; the loser's copy otherwise
     return cache
 
 

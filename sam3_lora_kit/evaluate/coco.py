@@ -125,6 +125,8 @@ def coco_map(ground_truth: dict, results: list[dict], iou_type: str = "segm") ->
     if not ground_truth["annotations"]:
         raise ValueError("no ground-truth objects to evaluate against (empty split?)")
     gt = _coco(ground_truth)
+    if iou_type == "segm":  # loadRes takes a result's area from its box when it has one; a mask's own area sorts it by size
+        results = [{k: v for k, v in r.items() if k != "bbox"} if "segmentation" in r else r for r in results]
     dt = _load_results(gt, results, iou_type)
     evaluator = COCOeval(gt, dt, iouType=iou_type)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -87,6 +87,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from sam3_lora_kit.evaluate.run import evaluate_coco, load_model
 
     config, adapter = resolve_model_source(args)
+    if not config.dataset_dir:
+        raise ValueError("no dataset to evaluate on: pass --dataset-dir (a clean COCO folder), or --run / --config with a dataset_dir")
     dataset = CocoSegmentationDataset(config.dataset_dir, args.split)
     model = load_model(config, adapter)
     metrics = evaluate_coco(model, dataset, batch_size=args.batch_size, score_threshold=args.score_threshold,

@@ -124,6 +124,9 @@ def evaluate_coco(
     COCO numbers (``mAP``, ``mAP_50``, ...) and ``per_class`` AP by name. With
     ``keep_predictions`` also ``"predictions"``: every query's detections scoring at least
     ``score_threshold`` (the format ``MaskBrowser`` reads)."""
+    for name, value in (("batch_size", batch_size), ("max_images", max_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     category_names = list(dataset.category_names)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:

@@ -90,6 +90,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *, base_fingerprint:
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in lora_state_dict(model).items()}
     if not tensors:
         raise AdapterError(f"{path}: the model has no LoRA layers to save (call inject_lora first)")
+    _check_finite(tensors, path, "nothing written")
     layers = _layer_configs(model)
     ranks = sorted({c["rank"] for c in layers.values()})
     alphas = sorted({c["alpha"] for c in layers.values()})
@@ -180,7 +181,16 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         missing = [name for name in params if name not in names and name.rsplit(".", 1)[0] in meta["layers"]]
         if missing:
             raise AdapterError(f"{path}: tensor {missing[0]!r} is missing from the adapter")
-        with torch.no_grad():
-            for name in names:
-                params[name].copy_(handle.get_tensor(name))
+        tensors = {name: handle.get_tensor(name) for name in names}
+    _check_finite(tensors, path, "the model is unchanged")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
     return meta
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], path: Path, outcome: str) -> None:
+    """``AdapterError`` naming the first tensor with a NaN or an infinity (a diverged run)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise AdapterError(f"{path}: LoRA tensor {name!r} holds NaN or infinite values (a diverged run?); {outcome}")

@@ -269,8 +269,9 @@ class LoRALayer(nn.Module):
         use_rslora: bool,
         device: torch.device,
     ) -> None:
-        if rank <= 0:
-            raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not float(rank).is_integer() or rank <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+        rank = int(rank)  # 8.0 from a YAML file or a division is rank 8
         if len(out_splits) != len(enabled_splits) or not any(enabled_splits):
             raise ValueError(f"enabled_splits {tuple(enabled_splits)} must match out_splits {tuple(out_splits)} and enable one")
         self.rank = int(rank)

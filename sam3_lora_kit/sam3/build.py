@@ -286,7 +286,7 @@ def download_checkpoint() -> str:
     except Exception as error:  # gated repo, no network, no token
         raise CheckpointError(
             f"hf://{HF_REPO_ID}/{HF_FILENAME}: download failed ({type(error).__name__}); request access on "
-            "huggingface.co and run `huggingface-cli login`, or pass a local checkpoint path"
+            "huggingface.co and run `hf auth login`, or pass a local checkpoint path"
         ) from error
 
 

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in --output-dir (its checkpoints, adapter and summary) instead of stopping")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="any other config key (value read as YAML), e.g. --set flip_prob=0")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,6 +53,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {key: getattr(args, key) for _, key, _, _ in _OVERRIDES if getattr(args, key) is not None}
     if args.resume is not None:
         overrides["resume"] = args.resume
+    if getattr(args, "overwrite", False):
+        overrides["overwrite"] = True
     for item in args.extra:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

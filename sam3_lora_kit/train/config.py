@@ -99,6 +99,7 @@ class TrainConfig:
     eval_every: int | None = None  # call the evaluation hook every N steps; None: never
     log_every: int = 10  # refresh the progress bar's loss every N steps
     resume: str | None = None  # "latest" (newest checkpoint in output_dir; a fresh start if none), a checkpoint path, or None
+    overwrite: bool = False  # a fresh run into an output_dir holding an earlier run's checkpoints replaces that run (true) or stops with an error (false)
 
     # -- construction -----------------------------------------------------------------------
 
@@ -124,7 +125,11 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
-        """Load ``path`` (YAML), apply ``overrides`` (keys whose value is None are skipped), validate."""
+        """Load ``path`` (YAML), apply ``overrides``, validate.
+
+        An override of None is a value like any other (``--set grad_clip=null`` turns clipping off);
+        leave a key out to keep the file's value.
+        """
         import yaml
 
         path = Path(path)
@@ -143,7 +148,7 @@ class TrainConfig:
         params = {} if params is None else params
         if not isinstance(params, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {type(params).__name__}")
-        params = {**params, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        params = {**params, **(overrides or {})}
         if overrides and overrides.get("steps") is not None:
             params.pop("epochs", None)
         if overrides and overrides.get("epochs") is not None:

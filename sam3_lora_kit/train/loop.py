@@ -139,6 +139,8 @@ def fit(
         try:
             ckpt.check_output_dir(out, need_bytes=_estimate_checkpoint_bytes(params) * (config.keep_checkpoints + 1) + 2**20)
             ckpt.remove_stale_temporaries(out)
+            if config.resume is None:
+                _replace_earlier_run(out, config.overwrite)
         except OutputDirError as error:
             problem = error
     if not all_agree(problem is None, info):
@@ -240,7 +242,7 @@ def fit(
     adapter_path = None
     if info.is_main:
         adapter_path, summary = _finish(model, out, config, device, dtype, info, metrics, summary_fields, adapter_metadata,
-                                         curves, architecture=fingerprint.get("architecture"))
+                                         curves, architecture=fingerprint.get("architecture"), fresh=resumed_from is None)
     return TrainResult(output_dir=out, adapter_path=adapter_path, summary=summary, metrics=metrics, model=model, resumed_from=resumed_from)
 
 
@@ -285,10 +287,11 @@ def _nonfinite_message(step: int, terms: Mapping[str, float], out: Path, last_sa
 def _finish(model: nn.Module, out: Path, config: TrainConfig, device: torch.device, dtype: torch.dtype | None,
             info: DistInfo, metrics: list[dict[str, Any]], summary_fields: Mapping[str, Any] | None,
             adapter_metadata: Mapping[str, Any] | None, curves: bool = True,
-            architecture: str | None = None) -> tuple[Path, dict[str, Any]]:
+            architecture: str | None = None, fresh: bool = True) -> tuple[Path, dict[str, Any]]:
     """Save the adapter, draw the curves and write the run summary (rank 0). ``architecture``: the
     base model's fingerprint taken before training, when the model no longer has all of it
-    (its frozen text encoder out, ``cache_text_features``)."""
+    (its frozen text encoder out, ``cache_text_features``). ``fresh``: the run did not resume, so
+    its summary keeps nothing an earlier summary in ``out`` held."""
     from sam3_lora_kit.lora import count_parameters, save_adapter
     adapter_path = save_adapter(model, out / ADAPTER_FILE, base_fingerprint=architecture, **dict(adapter_metadata or {}))
     if curves:
@@ -325,4 +328,20 @@ def _finish(model: nn.Module, out: Path, config: TrainConfig, device: torch.devi
     )
     fields.update(summary_fields or {})  # may give the whole model's total_params (its text encoder since taken out)
     fields["trainable_percent"] = 100.0 * fields["trainable_params"] / max(fields["total_params"], 1)
-    return adapter_path, write_run_summary(out / SUMMARY_FILE, **fields)
+    return adapter_path, write_run_summary(out / SUMMARY_FILE, replace=fresh, **fields)
+
+
+def _replace_earlier_run(out: Path, overwrite: bool) -> None:
+    """Before a fresh run: stop if ``out`` holds an earlier run's checkpoints, or (``overwrite``) delete that run.
+
+    Otherwise the new run's checkpoints would sort before the old ones and be pruned at once,
+    and a later resume would pick up the old run.
+    """
+    earlier = ckpt.list_checkpoints(out)
+    if not earlier:
+        return
+    if not overwrite:
+        raise OutputDirError(f"{out}: holds an earlier run (checkpoint {earlier[-1].name}); continue it with resume='latest' "
+                             f"(--resume), replace it with overwrite=True (--overwrite), or train into another output_dir")
+    for path in [*earlier, out / ADAPTER_FILE, out / SUMMARY_FILE, out / CURVES_FILE]:
+        path.unlink(missing_ok=True)

@@ -92,14 +92,15 @@ def read_run_summary(path: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
-def write_run_summary(path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+def write_run_summary(path: str | os.PathLike, replace: bool = False, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into the JSON object at ``path`` (created if absent), atomically.
 
     Top-level keys are replaced; the trainer writes its basics and the evaluation adds
-    ``map_before``/``map_after`` and the like later. Returns the merged summary.
+    ``map_before``/``map_after`` and the like later. ``replace``: drop what the file held
+    (a fresh run's summary keeps nothing of an earlier run's). Returns the written summary.
     """
     path = Path(path)
-    summary = {**read_run_summary(path), **{k: _plain(v) for k, v in fields.items()}}
+    summary = {**({} if replace else read_run_summary(path)), **{k: _plain(v) for k, v in fields.items()}}
 
     def write(handle) -> None:
         json.dump(summary, handle, indent=2, default=str)

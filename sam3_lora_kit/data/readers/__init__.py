@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.paths import SPLIT_NAMES, find_split_dir
+from sam3_lora_kit.data.paths import SPLIT_NAMES, find_split_dir, glob_files
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import Reader
 
@@ -24,7 +24,7 @@ def detect_format(root: Path) -> str:
             return "yolo"
         if (folder / "_classes.csv").is_file():
             return "masks"
-        if any(folder.glob("*.xml")):
+        if glob_files(folder, "*.xml"):
             return "voc"
     if not split_dirs:
         raise DataError(root, "no train/, valid/ or test/ folder: not a Roboflow export")

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.paths import SPLIT_NAMES, find_split_dir, list_images
+from sam3_lora_kit.data.paths import SPLIT_NAMES, check_disk_name, find_split_dir, glob_files, list_images
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
 
@@ -93,12 +93,12 @@ class MaskReader:
         folder, classes = self._dirs[split], self._classes[split]
         images = [p for p in list_images(folder) if not p.name.endswith(MASK_SUFFIX)]
         stems = {p.stem for p in images}
-        for mask_path in sorted(folder.glob(f"*{MASK_SUFFIX}")):
+        for mask_path in glob_files(folder, f"*{MASK_SUFFIX}"):
             if mask_path.name[: -len(MASK_SUFFIX)] not in stems:
                 self.quirks.add("orphan_label", str(mask_path))
         for path in images:
             mask_path = folder / f"{path.stem}{MASK_SUFFIX}"
-            record = RawImage(file_name=path.name, path=path, where=str(mask_path), declares_size=False)
+            record = RawImage(file_name=check_disk_name(path), path=path, where=str(mask_path), declares_size=False)
             if mask_path.is_file():
                 from pycocotools import mask as mask_utils
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
-from sam3_lora_kit.data.paths import (IMAGE_SUFFIXES, SPLIT_NAMES, check_relative_name, find_split_dir, safe_join,
-                                      safe_lookup)
+from sam3_lora_kit.data.paths import (IMAGE_SUFFIXES, SPLIT_NAMES, check_disk_name, check_relative_name,
+                                      find_split_dir, glob_files, safe_join, safe_lookup)
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
 
@@ -58,15 +58,21 @@ def _checked_number(element: ET.Element, tag: str, path: Path, what: str) -> flo
     return value
 
 
+def _size_value(size: ET.Element | None, tag: str, path: Path) -> int:
+    """``<size><tag>`` as an int; 0 where ``<size>`` or ``<tag>`` is missing or empty (the image file decides)."""
+    child = size.find(tag) if size is not None else None
+    if child is None or child.text is None or not child.text.strip():
+        return 0
+    return int(_number(size, tag, path, "<size>"))
+
+
 def read_voc_file(path: Path) -> tuple[str | None, int, int, list[tuple[str, tuple[float, float, float, float]]]]:
     """(filename, width, height, [(name, (x, y, w, h))]) from one VOC XML file."""
     root = parse_xml(path)
     if root.tag != "annotation":
         raise DataError(path, f"root element is <{root.tag}>, expected <annotation>")
-    size = root.find("size")
-    if size is None:
-        raise DataError(path, "lacks <size>")
-    width, height = int(_number(size, "width", path, "<size>")), int(_number(size, "height", path, "<size>"))
+    size = root.find("size")  # missing or empty: 0, read from the image file like a zero size
+    width, height = _size_value(size, "width", path), _size_value(size, "height", path)
     filename = root.findtext("filename")
     objects = []
     for index, obj in enumerate(root.findall("object"), 1):
@@ -98,7 +104,7 @@ class VocReader:
 
     def __init__(self, root: Path, quirks: QuirkLog) -> None:
         self.root, self.quirks = root, quirks
-        self._dirs = {s: d for s in SPLIT_NAMES if (d := find_split_dir(root, s)) and any(d.glob("*.xml"))}
+        self._dirs = {s: d for s in SPLIT_NAMES if (d := find_split_dir(root, s)) and glob_files(d, "*.xml")}
         self._xml: dict[str, list[str]] = {}  # split -> XML file names, sorted
         self._parsed: dict[tuple[str, str], VocRecord] = {}  # (split, XML name) -> what categories() read
 
@@ -107,7 +113,7 @@ class VocReader:
 
     def _xml_files(self, split: str) -> list[str]:
         if split not in self._xml:
-            self._xml[split] = sorted(p.name for p in self._dirs[split].glob("*.xml"))  # one folder: by name
+            self._xml[split] = [p.name for p in glob_files(self._dirs[split], "*.xml")]  # one folder: by name
         return self._xml[split]
 
     def categories(self) -> list[str]:
@@ -129,9 +135,8 @@ class VocReader:
         for suffix in IMAGE_SUFFIXES:  # the image next to the XML, with the same stem
             if os.path.isfile(candidate := stem + suffix):
                 path = Path(candidate)
-                break
-        else:
-            path = safe_join(folder, filename, xml) if filename else xml.with_suffix(".jpg")
+                return path, check_disk_name(path)  # in the split folder, as the XML is
+        path = safe_join(folder, filename, xml) if filename else xml.with_suffix(".jpg")
         return path, path.relative_to(folder).as_posix()
 
     def iter_images(self, split: str) -> Iterator[RawImage]:

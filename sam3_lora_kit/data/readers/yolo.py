@@ -12,12 +12,25 @@ from typing import Iterator
 
 from sam3_lora_kit.data.errors import DataError
 from sam3_lora_kit.data.images import read_image
-from sam3_lora_kit.data.paths import SPLIT_NAMES, find_split_dir, is_inside, list_images
+from sam3_lora_kit.data.paths import SPLIT_NAMES, check_disk_name, find_split_dir, glob_files, is_inside, list_images
 from sam3_lora_kit.data.quirks import QuirkLog
 from sam3_lora_kit.data.records import RawAnnotation, RawImage
 
 YAML_KEYS = {"train": ("train",), "valid": ("val", "valid"), "test": ("test",)}
 TOLERANCE = 0.01  # normalised coordinates this far outside 0..1 are clipped; further out is an error
+
+
+def labels_dir_for(images_dir: Path, root: Path) -> Path:
+    """Ultralytics' rule: the last ``images`` folder of the path (below ``root``) becomes ``labels``.
+
+    ``train/images`` -> ``train/labels`` (Roboflow), ``images/train`` -> ``labels/train`` (Ultralytics).
+    A path without an ``images`` folder keeps its labels next to it, in ``<parent>/labels``.
+    """
+    parts = images_dir.parts
+    for index in range(len(parts) - 1, len(root.parts) - 1, -1):
+        if parts[index] == "images":
+            return Path(*parts[:index], "labels", *parts[index + 1:])
+    return images_dir.parent / "labels"
 
 
 def read_data_yaml(path: Path) -> dict:
@@ -135,16 +148,18 @@ class YoloReader:
 
     def iter_images(self, split: str) -> Iterator[RawImage]:
         images_dir = self._images[split]
-        labels_dir = images_dir.parent / "labels"
+        labels_dir = labels_dir_for(images_dir, self.root)
         images = list_images(images_dir)
         stems = {p.stem for p in images}
         if labels_dir.is_dir():
-            for label in sorted(labels_dir.glob("*.txt"), key=lambda p: p.name):  # one folder: by name
+            for label in glob_files(labels_dir, "*.txt"):  # one folder: by name
                 if label.stem not in stems:
                     self.quirks.add("orphan_label", str(label))
+        elif images:
+            self.quirks.add("missing_labels", f"{labels_dir} (for {len(images)} images in {images_dir})")
         for path in images:
             label = labels_dir / f"{path.stem}.txt"
-            record = RawImage(file_name=path.name, path=path, where=str(label), declares_size=False)
+            record = RawImage(file_name=check_disk_name(path), path=path, where=str(label), declares_size=False)
             if label.is_file():
                 record.checked = read_image(path)  # read once: the size here, decode check and bytes for the copy
                 width, height = record.checked.width, record.checked.height
