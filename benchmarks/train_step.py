@@ -535,25 +535,39 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _trainer_setup(row: dict) -> bool:
+    """Whether a run used what ``sam3-lora train`` does by default for the full model: activation
+    checkpointing on, the frozen base stored in bf16, the category names' text features cached."""
+    config = row["config"]
+    return bool(config["act_ckpt"]) and config.get("frozen_dtype") == "bfloat16" and _text_encoder(row) == "cached"
+
+
 def goals(rows: list[dict]) -> dict:
+    """The memory goals, read from the runs of the trainer's default setup at batch 1 (``_trainer_setup``).
+
+    On the CPU the figure is the one with glibc's default allocator, as a user gets it; a run
+    with another allocator setting is named in the note, not taken for the verdict.
+    """
     from sam3_lora_kit.sam3 import DEFAULT_PRESET
 
     result = {}
     default = [r for r in rows if r["config"]["size"] == "full" and r["config"]["preset"] == DEFAULT_PRESET and r.get("status") == "ok"
-               and r["config"].get("batch_size", 1) == 1]  # the goals are at batch 1
-    cuda = [r for r in default if "cuda_peak_bytes" in r]
-    result["lora_peak_gb_1008_cuda"] = {"limit": GOALS["lora_peak_gb_1008_cuda"],
-                                        "value": min(r["cuda_peak_bytes"] for r in cuda) / 1e9 if cuda else None,
-                                        "met": (min(r["cuda_peak_bytes"] for r in cuda) / 1e9 <= GOALS["lora_peak_gb_1008_cuda"]) if cuda else None,
-                                        "note": None if cuda else "needs a GPU; not measured on this machine"}
+               and r["config"].get("batch_size", 1) == 1 and _trainer_setup(r)]  # the goals are at batch 1
+    cuda = [r["cuda_peak_bytes"] / 1e9 for r in default if "cuda_peak_bytes" in r]
+    setup = "activation checkpointing, frozen base in bf16, text features cached (the trainer's defaults)"
+    result["lora_peak_gb_1008_cuda"] = {"limit": GOALS["lora_peak_gb_1008_cuda"], "value": max(cuda) if cuda else None,
+                                        "met": max(cuda) <= GOALS["lora_peak_gb_1008_cuda"] if cuda else None,
+                                        "note": f"torch.cuda.max_memory_allocated, bf16 autocast, {setup}" if cuda
+                                        else "needs a GPU; not measured on this machine"}
     cpu_1008 = sorted((r for r in default if _is_cpu_1008(r["config"])), key=lambda r: r["peak_rss"])
-    value = cpu_1008[0]["peak_rss"] / 1e9 if cpu_1008 else None
+    glibc = [r for r in cpu_1008 if _malloc(r["config"]) == "default"]
+    value = max(r["peak_rss"] for r in glibc) / 1e9 if glibc else None
     by_malloc = "; ".join(f"{r['peak_rss'] / 1e9:.2f} GB with malloc {_malloc(r['config'])}" for r in cpu_1008)
     result["lora_peak_gb_1008_cpu"] = {
         "limit": GOALS["lora_peak_gb_1008_cpu"], "value": value,
         "met": None if value is None else value <= GOALS["lora_peak_gb_1008_cpu"],
         "note": ("the same configuration on the CPU: whole-process peak RSS (runtime and libraries included), "
-                 f"fp32 compute, frozen base in bf16, activation checkpointing; GB = 1e9 bytes; {by_malloc}") if cpu_1008
+                 f"fp32 compute, {setup}; GB = 1e9 bytes; glibc's default allocator decides the verdict; {by_malloc}") if cpu_1008
         else "not run (full run on a CPU only)"}
     result["full_over_lora_memory"] = _full_over_lora_goal(ratios(rows), DEFAULT_PRESET)
     return result

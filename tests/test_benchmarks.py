@@ -325,7 +325,7 @@ def test_ratios_pair_runs_of_the_same_image_size():
     def row(preset, image_size, peak_gib, frozen="float32"):
         config = {"size": "full", "preset": preset, "act_ckpt": True, "image_size": image_size, "device": "cpu",
                   "frozen_dtype": frozen}
-        return {"config": config, "status": "ok", "peak_rss": peak_gib * gib, "s_per_step": 1.0}
+        return {"config": config, "status": "ok", "peak_rss": peak_gib * gib, "s_per_step": 1.0, "text_cache": preset != "full"}
 
     rows = [row("all-attn", 504, 4.0, "bfloat16"), row("full", 504, 14.0), row("all-attn", 1008, 7.0, "bfloat16")]
     by_size = {entry["image_size"]: entry for entry in train_step.ratios(rows)}
@@ -350,15 +350,20 @@ def test_ratios_pair_runs_of_the_same_allocator_setting():
     def row(preset, peak_gib, threshold=None, frozen="float32"):
         config = {"size": "full", "preset": preset, "act_ckpt": True, "image_size": 1008, "device": "cpu",
                   "frozen_dtype": frozen, "malloc_mmap_threshold": threshold}
-        return {"config": config, "status": "ok", "peak_rss": peak_gib * gib, "s_per_step": 1.0}
+        return {"config": config, "status": "ok", "peak_rss": peak_gib * gib, "s_per_step": 1.0, "text_cache": preset != "full"}
 
     rows = [row("all-attn", 11.0, None, "bfloat16"), row("all-attn", 7.0, 131072, "bfloat16"), row("full", 17.5, 131072)]
     by_malloc = {entry["malloc"]: entry for entry in train_step.ratios(rows)}
     assert by_malloc["mmap >= 128 KiB"]["full_over_lora_memory"] == pytest.approx(2.5)
     assert "full_over_lora_memory" not in by_malloc["default"]  # no full run with glibc's defaults
     goal = train_step.goals(rows)["lora_peak_gb_1008_cpu"]
-    assert goal["value"] == pytest.approx(7.0 * gib / 1e9) and goal["met"] is True
+    # the verdict is glibc's default allocator's, as a user gets it; the tuned setting is only noted
+    assert goal["value"] == pytest.approx(11.0 * gib / 1e9) and goal["met"] is False
     assert "11.81 GB with malloc default" in goal["note"] and "7.52 GB with malloc mmap >= 128 KiB" in goal["note"]
+    rows[0]["peak_rss"] = 6 * gib
+    assert train_step.goals(rows)["lora_peak_gb_1008_cpu"]["met"] is True
+    del rows[0]  # only the tuned allocator measured: no verdict
+    assert train_step.goals(rows)["lora_peak_gb_1008_cpu"]["met"] is None
 
 
 def test_full_cpu_run_measures_1008_px_with_both_allocator_settings():
@@ -479,6 +484,20 @@ def test_layers_budget_scale_shrinks_full_budgets_and_rejects_bad_values(monkeyp
             lora_layers._budget(full, 20.0)
 
 
+def test_merged_goals_are_two_sided():
+    def merged(ratio):
+        return {mode: {"ratio": {"merged": ratio, "unloaded": ratio}} for mode in ("train", "inference")}
+
+    goals = lora_layers.evaluate_goals([], [merged(1.01), merged(0.99)], [])
+    assert goals["merged_vs_base"]["met"] is True and goals["merged_vs_base"]["cases_met"] == 4
+    goals = lora_layers.evaluate_goals([], [merged(1.01), merged(0.95)], [])  # 5 % faster is as wrong as 5 % slower
+    assert goals["merged_vs_base"]["met"] is False and goals["merged_vs_base"]["cases_met"] == 2
+    assert goals["merged_vs_base"]["worst"] == pytest.approx(0.95) and goals["unloaded_vs_base"]["met"] is False
+    assert lora_layers._limit_text(goals["merged_vs_base"]) == "0.98-1.02"
+    assert lora_layers._limit_text(lora_layers.evaluate_goals([], [], [])["mha_vs_peft"]) == "<= 1.00"
+    assert lora_layers._verdict(lora_layers.evaluate_goals([], [], [])["mha_vs_peft"]) == "not measured"
+
+
 def test_layers_report_of_a_gpu_run_writes_its_own_plot(tmp_path):
     committed = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/lora_layers.json").read_text(encoding="utf-8"))
     committed["settings"]["device"] = "cuda:0"
@@ -493,7 +512,7 @@ def test_ratios_pair_runs_of_the_same_batch_and_goals_read_batch_1():
     def row(preset, batch, cuda_peak_gib, frozen="float32"):
         config = {"size": "full", "preset": preset, "act_ckpt": True, "image_size": 1008, "device": "cuda",
                   "frozen_dtype": frozen, "batch_size": batch}
-        return {"config": config, "status": "ok", "peak_rss": 4 * gib, "cuda_peak_bytes": cuda_peak_gib * gib, "s_per_step": 1.0}
+        return {"config": config, "status": "ok", "peak_rss": 4 * gib, "cuda_peak_bytes": cuda_peak_gib * gib, "s_per_step": 1.0, "text_cache": preset != "full"}
 
     rows = [row("all-attn", 1, 4.0, "bfloat16"), row("full", 1, 16.0), row("all-attn", 2, 6.0, "bfloat16"), row("full", 2, 21.0)]
     by_batch = {entry["batch_size"]: entry for entry in train_step.ratios(rows)}
@@ -505,3 +524,9 @@ def test_ratios_pair_runs_of_the_same_batch_and_goals_read_batch_1():
     rows[0]["cuda_peak_bytes"] = 9 * gib  # batch 1 over the limit: batch 2's smaller figure must not stand in for it
     rows[2]["cuda_peak_bytes"] = 5 * gib
     assert train_step.goals(rows)["lora_peak_gb_1008_cuda"]["met"] is False
+    # the goal is read in the trainer's default setup: a run without checkpointing does not stand in for it
+    rows[0]["config"]["act_ckpt"] = False
+    assert train_step.goals(rows)["lora_peak_gb_1008_cuda"]["met"] is None
+    rows.append(row("all-attn", 1, 3.0, "bfloat16"))
+    rows[-1]["config"]["frozen_dtype"] = "float32"  # nor one that keeps the frozen base in fp32
+    assert train_step.goals(rows)["lora_peak_gb_1008_cuda"]["met"] is None
