@@ -33,11 +33,19 @@ COLUMNS = [
     ("trainable_percent", "trainable %"),
     ("adapter_mb", "adapter MiB"),
     ("peak_memory_mb", "peak memory MiB"),
+    ("memory_kind", "memory measured as"),
     ("seconds_per_step", "s/step"),
     ("map_before", "mAP before"),
     ("map_after", "mAP after"),
     ("map_gain", "mAP gain"),
 ]
+
+
+# Columns copied from a summary that must hold a number, and those that must hold text; any
+# other value is left blank with a warning, so one odd summary cannot put text on a plot axis.
+NUMBER_COLUMNS = ("rank", "image_size", "steps", "trainable_params", "trainable_percent", "adapter_mb",
+                  "peak_memory_mb", "seconds_per_step", "map_before", "map_after")
+TEXT_COLUMNS = ("model_size", "preset", "device", "precision", "memory_kind")
 
 
 def _number(value: Any) -> float | None:
@@ -51,18 +59,42 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
-    """One ledger row from one summary; fields absent from the summary stay None."""
-    row: dict[str, Any] = {name: summary.get(name) for name, _ in COLUMNS}
+def _checked(summary: dict[str, Any], name: str, path: Path | None) -> Any:
+    """``summary[name]`` if it has the column's type (a finite number, or text), else None with a warning."""
+    value = summary.get(name)
+    if value is None:
+        return None
+    if name in NUMBER_COLUMNS:
+        number = _number(value)
+        if number is not None and not isinstance(value, str):
+            return int(number) if isinstance(value, int) else number
+        kind = "a number"
+    elif isinstance(value, str):
+        return value
+    else:
+        kind = "text"
+    where = path if path is not None else "a summary"
+    print(f"sam3-lora ledger: {where}: {name} is {value!r}, not {kind}; left blank", file=sys.stderr)
+    return None
+
+
+def _row(summary: dict[str, Any], run: str, path: Path | None = None) -> dict[str, Any]:
+    """One ledger row from one summary; fields absent from the summary, or of the wrong type, stay None."""
+    row: dict[str, Any] = {name: _checked(summary, name, path) for name, _ in COLUMNS if name in NUMBER_COLUMNS + TEXT_COLUMNS}
     row["run"] = run
     adapter_bytes, peak_bytes = _number(summary.get("adapter_bytes")), _number(summary.get("peak_memory_bytes"))
     if row["adapter_mb"] is None and adapter_bytes is not None:
         row["adapter_mb"] = adapter_bytes / 2**20
     if row["peak_memory_mb"] is None and peak_bytes is not None:
         row["peak_memory_mb"] = peak_bytes / 2**20
-    before, after = _number(summary.get("map_before")), _number(summary.get("map_after"))
+    before, after = row["map_before"], row["map_after"]
     row["map_gain"] = after - before if before is not None and after is not None else None
-    return row
+    return {name: row.get(name) for name, _ in COLUMNS}
+
+
+def _evaluated(summary: dict[str, Any]) -> bool:
+    """Whether a summary holds both mAP figures (the notebook's adds the evaluation to the trainer's)."""
+    return _number(summary.get("map_before")) is not None and _number(summary.get("map_after")) is not None
 
 
 def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -71,8 +103,8 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     Unreadable files are skipped with a warning. One trained adapter is one run: where several
     summaries in nested folders name the same ``adapter_path`` (the trainer's
     ``RUN/run/run_summary.json`` and the notebook's ``RUN/run_summary.json``, which adds the
-    evaluation), only the one with the most fields is kept (at equal counts, the one nearest
-    ``runs_dir``). Summaries in folders side by side are separate runs even when their
+    evaluation), one is kept: one that holds both mAP figures, then the one with the most fields,
+    then the one nearest ``runs_dir``. Summaries in folders side by side are separate runs even when their
     ``adapter_path`` strings agree (the default, relative ``runs/sam3-lora/adapter.safetensors``).
     """
     runs_dir = Path(runs_dir)
@@ -100,14 +132,15 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
             groups.append([(path, summary)])
         else:
             group.append((path, summary))
-    kept = {min(group, key=lambda item: (-sum(v is not None for v in item[1].values()), len(item[0].parts), item[0]))[0]
-            for group in groups}  # the fullest summary of each run; at equal counts the one nearest runs_dir
+    kept = {min(group, key=lambda item: (not _evaluated(item[1]), -sum(v is not None for v in item[1].values()),
+                                          len(item[0].parts), item[0]))[0]
+            for group in groups}  # each run's evaluated summary, else its fullest; then the one nearest runs_dir
     rows = []
     for path, summary in summaries:
         if path not in kept:
             continue  # another summary of the same run says more
         run = path.parent.relative_to(runs_dir).as_posix()
-        rows.append(_row(summary, run if run != "." else runs_dir.name))
+        rows.append(_row(summary, run if run != "." else runs_dir.name, path))
     return rows
 
 

@@ -114,3 +114,36 @@ def test_runs_side_by_side_stay_apart_when_their_adapter_path_strings_agree(tmp_
         summary = {"adapter_path": "runs/sam3-lora/adapter.safetensors", "rank": rank, "map_before": 0.1, "map_after": 0.2}
         (folder / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     assert [(row["run"], row["rank"]) for row in collect_runs(runs)] == [("rank16", 16), ("rank4", 4)]
+
+
+def test_evaluated_summary_wins_over_a_fuller_one(tmp_path):
+    """A sparse notebook summary with the mAP figures is kept over the trainer's longer one without them."""
+    run = tmp_path / "runs" / "r8"
+    adapter = str(run / "run" / "adapter.safetensors")
+    trainer = {"adapter_path": adapter, "rank": 8, "trainable_params": 800, "steps": 40, "device": "cpu",
+               "seconds_per_step": 0.3, "peak_memory_mb": 900.0, "precision": "fp32"}
+    notebook = {"adapter_path": adapter, "map_before": 0.1, "map_after": 0.25}
+    for folder, summary in ((run / "run", trainer), (run, notebook)):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    [row] = collect_runs(tmp_path / "runs")
+    assert row["map_gain"] == pytest.approx(0.15)
+
+
+def test_fields_of_the_wrong_type_are_left_blank_with_a_warning(tmp_path, capsys):
+    folder = tmp_path / "runs" / "odd"
+    folder.mkdir(parents=True)
+    summary = {"rank": "lots", "trainable_params": {"a": 1}, "peak_memory_mb": "nan", "seconds_per_step": [8],
+               "map_before": 0.1, "map_after": "inf", "device": 3, "preset": "all-attn", "steps": 40,
+               "memory_kind": "process RSS"}
+    (folder / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    paths = write_ledger(tmp_path / "runs", tmp_path / "out")
+    [row] = collect_runs(tmp_path / "runs")
+    for name in ("rank", "trainable_params", "peak_memory_mb", "seconds_per_step", "map_after", "map_gain", "device"):
+        assert row[name] is None, name
+    assert row["steps"] == 40 and isinstance(row["steps"], int) and row["preset"] == "all-attn"
+    assert row["memory_kind"] == "process RSS"
+    err = capsys.readouterr().err
+    assert "rank is 'lots', not a number" in err and "device is 3, not text" in err and str(folder / "run_summary.json") in err
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert "lots" not in markdown and "nan" not in markdown and "| memory measured as |" in markdown
