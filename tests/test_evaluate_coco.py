@@ -176,6 +176,26 @@ def test_format_metrics_lists_each_class():
                            "prompt_discrimination": prompt_discrimination(_perfect_predictions(SAMPLES), {1: {1, 2}}, 0.5)})
     assert all(f"AP {name}" in text for name in NAMES)
     assert "prompt discrimination" in text
+    assert "present prompts detected: 2/2 (100%)" in text  # the other half of the rate: what was found
+
+
+def test_a_model_that_finds_nothing_shows_it_beside_its_perfect_rejection():
+    silent = [{**q, "scores": torch.zeros(0)} for q in _perfect_predictions(SAMPLES)]
+    text = format_metrics({"prompt_discrimination": prompt_discrimination(silent, {1: {1}}, 0.5)})
+    assert "(100%)" in text.splitlines()[-2] and text.splitlines()[-1].startswith("present prompts detected: 0/")
+
+
+def test_before_after_fields_name_both_evaluations():
+    from sam3_lora_kit.evaluate import before_after_fields
+
+    before = {"segm_mAP": 0.1, "bbox_mAP": 0.2, "segm": {"per_class": {"a": 0.1}},
+              "prompt_discrimination": {"rate": 1.0, "detected_rate": 0.0}}
+    after = {"segm_mAP": 0.3, "bbox_mAP": 0.4, "segm": {"per_class": {"a": 0.3}},
+             "prompt_discrimination": {"rate": 0.5, "detected_rate": 0.75}}
+    fields = before_after_fields(before, after)
+    assert fields["map_before"] == 0.1 and fields["map_after"] == 0.3 and fields["bbox_map_after"] == 0.4
+    assert fields["map_per_class_after"] == {"a": 0.3} and fields["prompt_discrimination_before"] == 1.0
+    assert fields["prompt_detection_before"] == 0.0 and fields["prompt_detection_after"] == 0.75
 
 
 def test_segm_size_ranges_use_the_mask_area_not_the_box_area():

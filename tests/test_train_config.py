@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import torch
 
 from sam3_lora_kit.train.config import ConfigError, TrainConfig
 
@@ -126,3 +127,13 @@ def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("sam3-lora train: error: ") and "unknown key 'rnak'" in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
+def test_auto_model_size_follows_the_checkpoint_on_every_device(device):
+    """SAM 3's weights only load into the full architecture, so a checkpoint means full wherever it runs."""
+    from sam3_lora_kit.train.trainer import resolve_model_size
+
+    assert resolve_model_size(TrainConfig(checkpoint="sam3.pt"), torch.device(device)) == "full"
+    assert resolve_model_size(TrainConfig(), torch.device(device)) == "tiny"
+    assert resolve_model_size(TrainConfig(checkpoint="sam3.pt", model_size="tiny"), torch.device(device)) == "tiny"

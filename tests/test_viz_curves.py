@@ -35,3 +35,11 @@ def test_curves_from_a_log_path_match_the_records_and_skip_a_torn_line(tmp_path)
     log.write_text("".join(json.dumps(r) + "\n" for r in RECORDS) + '{"step": 4, "loss"', encoding="utf-8")
     from_path, from_records = _lines(plot_training_curves(log)), _lines(plot_training_curves(RECORDS))
     assert repr(from_path) == repr(from_records)  # repr: NaN compares equal to itself there
+
+
+def test_every_panel_has_a_y_label_and_the_legend_sits_below_the_loss_panel():
+    figure = plot_training_curves(RECORDS)
+    assert all(ax.get_ylabel() for ax in figure.axes)
+    legend = figure.axes[0].get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().y1 < figure.axes[0].get_window_extent().y0 + 1
+

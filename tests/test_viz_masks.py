@@ -49,7 +49,19 @@ def test_browser_panels_and_static_figure(tmp_path):
     preds = [{"masks": instances()["masks"][:1], "scores": torch.tensor([0.8]), "category_id": 1}] * 2
     browser = MaskBrowser(dataset, {"base": preds, "LoRA": preds})
     fig = browser.figure(1)
-    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["ground truth", "base", "LoRA"]
+    assert [ax.get_title().split("\n") for ax in fig.axes] == [["ground truth", "a.jpg"], ["base", "a.jpg"], ["LoRA", "a.jpg"]]
     plt.close(fig)
     bundle = browser._repr_mimebundle_()
     assert bundle["image/jpeg"][:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("file_name,expected", [
+    ("shapes_000_png.rf.9d132f4c0a1b2c3d4e5f60718293a4b5.jpg", "shapes_000_png.jpg"),  # Roboflow's hash dropped
+    ("train/a.jpg", "a.jpg"),
+    ("a_very_long_file_name_from_a_phone_camera_2024_06_01.jpeg", "a_very_long_fi...24_06_01.jpeg"),
+])
+def test_panel_titles_shorten_file_names(file_name, expected):
+    from sam3_lora_kit.viz.browser import short_file_name
+
+    assert short_file_name(file_name) == expected and len(short_file_name(file_name)) <= 30
+

@@ -12,6 +12,7 @@ _EXPORTS = {
     "load_image": "sam3_lora_kit.evaluate.run",
     "load_model": "sam3_lora_kit.evaluate.run",
     "predict": "sam3_lora_kit.evaluate.run",
+    "before_after_fields": "sam3_lora_kit.evaluate.coco",
     "coco_ground_truth": "sam3_lora_kit.evaluate.coco",
     "coco_map": "sam3_lora_kit.evaluate.coco",
     "format_metrics": "sam3_lora_kit.evaluate.coco",

@@ -9,7 +9,8 @@ Everything here works on plain data, so it is tested without a model:
   ``category_id``) -> COCO result dicts with RLE masks (``pycocotools.mask``) and xywh boxes;
 - ``coco_map(ground_truth, results, iou_type)``: pycocotools' ``COCOeval``, overall and per class;
 - ``prompt_discrimination(predictions, present, score_threshold)``: how often a prompt naming a
-  class absent from the image returns nothing above the threshold.
+  class absent from the image returns nothing above the threshold;
+- ``before_after_fields(before, after)``: the run-summary fields comparing two evaluations.
 """
 from __future__ import annotations
 
@@ -191,4 +192,27 @@ def format_metrics(metrics: Mapping, title: str = "") -> str:
     if disc and disc.get("rate") is not None:
         lines.append(f"prompt discrimination: {disc['rejected']}/{disc['absent_queries']} absent prompts returned nothing "
                      f"above {disc['score_threshold']:.2f} ({disc['rate']:.0%})")
+    if disc and disc.get("detected_rate") is not None:  # the other half: a model that finds nothing rejects every absent prompt
+        lines.append(f"present prompts detected: {disc['detected']}/{disc['present_queries']} ({disc['detected_rate']:.0%})")
     return "\n".join(lines)
+
+
+def before_after_fields(before: Mapping, after: Mapping) -> dict[str, Any]:
+    """The run-summary fields that compare two ``evaluate_coco`` results of one model, before and after training.
+
+    ``map_*`` is segm mAP, ``bbox_map_*`` bbox mAP, ``map_per_class_*`` segm AP per class name,
+    ``prompt_discrimination_*`` the share of absent prompts rejected and ``prompt_detection_*``
+    the share of present prompts detected (``sam3-lora ledger`` reads ``map_before``/``map_after``).
+    """
+    fields: dict[str, Any] = {}
+    for when, metrics in (("before", before), ("after", after)):
+        discrimination = metrics.get("prompt_discrimination") or {}
+        fields.update({
+            f"map_{when}": metrics.get("segm_mAP"),
+            f"bbox_map_{when}": metrics.get("bbox_mAP"),
+            f"map_per_class_{when}": metrics.get("segm", {}).get("per_class"),
+            f"prompt_discrimination_{when}": discrimination.get("rate"),
+            f"prompt_detection_{when}": discrimination.get("detected_rate"),
+        })
+    return fields
+

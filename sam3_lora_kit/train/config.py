@@ -63,7 +63,7 @@ class TrainConfig:
     split: str = "train"  # the split to train on
     output_dir: str = "runs/sam3-lora"  # checkpoints, metrics, curves, adapter and summary go here
     # model
-    model_size: str = "auto"  # "auto" (full with a GPU and a checkpoint, else tiny) | "tiny" | "full"
+    model_size: str = "auto"  # "auto" (full when a checkpoint is given, else tiny) | "tiny" | "full"
     checkpoint: str | None = None  # base weights: a local official checkpoint, "hf", or None (random init)
     # LoRA
     preset: str | None = "all-attn"  # a name in sam3_lora_kit.sam3.LORA_PRESETS; null: target_modules only

@@ -36,10 +36,11 @@ def as_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) -> Tr
 
 
 def resolve_model_size(config: TrainConfig, device: torch.device) -> str:
-    """``"auto"``: ``full`` when a GPU and base weights (``checkpoint``) are available, else ``tiny``."""
+    """``"auto"``: ``full`` when base weights (``checkpoint``) are given, on any device (SAM 3's weights
+    only fit the full architecture; on a CPU a full-size step takes minutes), else ``tiny``."""
     if config.model_size != "auto":
         return config.model_size
-    return "full" if device.type == "cuda" and config.checkpoint is not None else "tiny"
+    return "full" if config.checkpoint is not None else "tiny"
 
 
 def resolve_memory_savers(config: TrainConfig, model_size: str) -> tuple[bool, str]:
@@ -178,6 +179,9 @@ def _train(config: TrainConfig, model: nn.Module | None, dataset: Any, progress:
 
         dataset = CocoSegmentationDataset(config.dataset_dir, config.split)
     model_size = resolve_model_size(config, device)
+    if model_size == "full" and model is None and device.type == "cpu" and progress and info.is_main:
+        print(f"note: training the full-size SAM 3 on the CPU: one step at {config.image_size or 1008} px takes minutes "
+              "(README: Benchmarks); a GPU takes about a second")
     report = None
     model_given = model is not None
     if model is None:

@@ -7,6 +7,8 @@ carries one static figure of the first image.
 from __future__ import annotations
 
 import io
+import re
+from pathlib import PurePosixPath as Path
 from typing import Any, Sequence
 
 from sam3_lora_kit.viz.masks import show_masks
@@ -57,6 +59,16 @@ def _merge(parts: list[dict]) -> dict:
             "category_ids": np.concatenate(ids), "scores": np.concatenate(scores)}
 
 
+def short_file_name(file_name: str, width: int = 30) -> str:
+    """``file_name`` short enough for a panel title: Roboflow's ``.rf.<hash>`` dropped
+    (``shapes_000_png.rf.9d13...jpg`` -> ``shapes_000_png.jpg``), then the middle elided to ``width``."""
+    name = re.sub(r"\.rf\.[0-9a-f]{8,}", "", Path(file_name).name)
+    if len(name) <= width:
+        return name
+    keep = width - 3
+    return f"{name[:keep - keep // 2]}...{name[len(name) - keep // 2:]}"
+
+
 class MaskBrowser:
     """Browse ``dataset`` (items as ``CocoSegmentationDataset`` gives them) with ground truth beside predictions.
 
@@ -83,7 +95,7 @@ class MaskBrowser:
         for ax, (name, instances) in zip(axes[0], panels):
             show_masks(item["image"], instances, ax=ax, category_names=self.category_names, mode=mode,
                        alpha=alpha, classes=classes, score_threshold=None if instances is item else threshold,
-                       title=f"{name}: {item['file_name'][:40]}")
+                       title=f"{name}\n{short_file_name(item['file_name'])}")
         fig.tight_layout()
         return fig
 

@@ -50,13 +50,13 @@ def plot_training_curves(metrics: Sequence[dict[str, Any]] | str | os.PathLike, 
         loss_ax.plot(xs, ys, color="black", lw=0.8, alpha=0.35)
         loss_ax.plot(xs, _ema(ys), color="black", lw=2, label="loss (smoothed)")
         loss_ax.set_yscale("log")
-    loss_ax.set(title="loss", xlabel="step")
-    if xs:
-        loss_ax.legend(fontsize=7, ncol=2)
+    loss_ax.set(title="loss", xlabel="step", ylabel="loss (log scale)")
+    if loss_ax.get_legend_handles_labels()[0]:  # below the panel, so it never hides the curves
+        loss_ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     lr_ax.plot(steps, [r.get("lr") for r in metrics], color="tab:blue")
-    lr_ax.set(title="learning rate", xlabel="step")
+    lr_ax.set(title="learning rate", xlabel="step", ylabel="learning rate")
     mem_ax.plot(steps, [r.get("peak_memory_mb") for r in metrics], color="tab:red")
-    mem_ax.set(title="peak memory per step (MiB)", xlabel="step")
+    mem_ax.set(title="peak memory per step", xlabel="step", ylabel="MiB (CUDA: max allocated; CPU: process RSS)")
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=100)
