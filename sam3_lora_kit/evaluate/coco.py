@@ -215,4 +215,3 @@ def before_after_fields(before: Mapping, after: Mapping) -> dict[str, Any]:
             f"prompt_detection_{when}": discrimination.get("detected_rate"),
         })
     return fields
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import PurePosixPath as Path
+from pathlib import PurePosixPath
 from typing import Any, Sequence
 
 from sam3_lora_kit.viz.masks import show_masks
@@ -62,7 +62,7 @@ def _merge(parts: list[dict]) -> dict:
 def short_file_name(file_name: str, width: int = 30) -> str:
     """``file_name`` short enough for a panel title: Roboflow's ``.rf.<hash>`` dropped
     (``shapes_000_png.rf.9d13...jpg`` -> ``shapes_000_png.jpg``), then the middle elided to ``width``."""
-    name = re.sub(r"\.rf\.[0-9a-f]{8,}", "", Path(file_name).name)
+    name = re.sub(r"\.rf\.[0-9a-f]{8,}", "", PurePosixPath(file_name).name)  # COCO names use "/"
     if len(name) <= width:
         return name
     keep = width - 3
